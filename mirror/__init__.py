@@ -1,0 +1,3 @@
+"""mirror: a verifying APT/RPM repository mirror with tiered snapshots."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,341 @@
+"""TOML configuration -> validated, frozen settings.
+
+Every mistake is refused before anything runs, with the file, the key path and the reason.
+Relative paths are relative to the configuration file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from mirror.errors import ConfigError
+from mirror.model import REPO_NAME_RE
+
+DEFAULT_CONFIG = Path("/etc/mirror/mirror.toml")
+TIER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+RESERVED_TIERS = frozenset({"snapshots", "keys", "api", "metrics", "healthz", "by-hash"})
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$|^[0-9A-F]{64}$")
+DEB_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~/-]*$")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    root: Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    bind: str = "0.0.0.0"
+    repo_port: int = 80
+    api_port: int = 81
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    max_parallel_downloads: int = 10
+    connect_timeout: float = 30.0
+    read_timeout: float = 60.0
+    retries: int = 4
+    max_root_file_size: int = 10 * 1024 * 1024
+    max_index_size: int = 2 * 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    gnupghome: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    name: str
+    type: str  # "deb" | "rpm"
+    url: str  # always ends with "/"
+    keyring: Path
+    fingerprints: tuple[str, ...] | None = None
+    suites: tuple[str, ...] = ()
+    components: tuple[str, ...] = ("main",)
+    architectures: tuple[str, ...] = ("amd64",)
+    languages: tuple[str, ...] = ("en",)
+    sources: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    tier_signing: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    tiers: tuple[str, ...]
+    storage: StorageSettings
+    server: ServerSettings = field(default_factory=ServerSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    signing: SigningSettings | None = None
+    repos: tuple[RepoSettings, ...] = ()
+
+    def repo(self, name: str) -> RepoSettings:
+        for repo in self.repos:
+            if repo.name == name:
+                return repo
+        from mirror.errors import NotFoundError
+
+        raise NotFoundError(f"unknown repo {name!r} (configured: {', '.join(self.repo_names)})")
+
+    @property
+    def repo_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.repos)
+
+
+def config_path(cli_value: str | None) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    env = os.environ.get("MIRROR_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one TOML table, remembering the key path for error messages."""
+
+    def __init__(self, file: Path, data: Mapping[str, Any], path: str) -> None:
+        self.file = file
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def fail(self, key: str | None, reason: str) -> ConfigError:
+        where = f"{self.path}.{key}" if self.path and key else (key or self.path or "(top level)")
+        return ConfigError(f"{self.file}: {where}: {reason}")
+
+    def get(self, key: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.seen.add(key)
+        if key not in self.data:
+            if required:
+                raise self.fail(key, "is required")
+            return default  # type: ignore[return-value]
+        value = self.data[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.fail(key, f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+        return value  # type: ignore[no-any-return]
+
+    def strings(
+        self, key: str, default: tuple[str, ...] = (), *, check: Callable[[str], bool] | None = None,
+        what: str = "value", required: bool = False, nonempty: bool = False,
+    ) -> tuple[str, ...]:
+        raw = self.get(key, list, None, required=required)
+        if raw is None:
+            return default
+        if not all(isinstance(v, str) for v in raw):
+            raise self.fail(key, "must be a list of strings")
+        if nonempty and not raw:
+            raise self.fail(key, "must not be empty")
+        for v in raw:
+            if check is not None and not check(v):
+                raise self.fail(key, f"{v!r} is not a valid {what}")
+        if len(set(raw)) != len(raw):
+            raise self.fail(key, "has duplicates")
+        return tuple(raw)
+
+    def table(self, key: str) -> _Reader | None:
+        raw = self.get(key, dict, None)
+        if raw is None:
+            return None
+        return _Reader(self.file, raw, f"{self.path}.{key}" if self.path else key)
+
+    def path_value(self, key: str, default: Path | None = None, *, required: bool = False) -> Path | None:
+        raw = self.get(key, str, None, required=required)
+        if raw is None:
+            return default
+        if not raw:
+            raise self.fail(key, "must not be empty")
+        return (self.file.parent / raw).resolve() if not os.path.isabs(raw) else Path(raw)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false", float: "a number",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def load(path: Path, *, check_keys: bool = True) -> Settings:
+    """Read and validate the configuration file at `path`."""
+    path = path.absolute()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, path, check_keys=check_keys)
+
+
+def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Settings:
+    top = _Reader(path, raw, "")
+    tiers = top.strings("tiers", ("dev", "test", "uat", "prod"), check=_valid_tier, what="tier name",
+                        nonempty=True)
+
+    storage_t = top.table("storage")
+    root = storage_t.path_value("root") if storage_t else None
+    if storage_t:
+        storage_t.finish()
+    storage = StorageSettings(root=root or Path("/var/lib/mirror"))
+
+    server = ServerSettings()
+    if (srv := top.table("server")) is not None:
+        server = ServerSettings(
+            bind=srv.get("bind", str, server.bind),
+            repo_port=_port(srv, "repo_port", server.repo_port),
+            api_port=_port(srv, "api_port", server.api_port),
+            token_file=srv.path_value("token_file"),
+        )
+        srv.finish()
+
+    sync = SyncSettings()
+    if (syn := top.table("sync")) is not None:
+        sync = SyncSettings(
+            max_parallel_downloads=_positive(syn, "max_parallel_downloads", sync.max_parallel_downloads),
+            connect_timeout=_positive_f(syn, "connect_timeout", sync.connect_timeout),
+            read_timeout=_positive_f(syn, "read_timeout", sync.read_timeout),
+            retries=_positive(syn, "retries", sync.retries, minimum=0),
+            max_root_file_size=_positive(syn, "max_root_file_size", sync.max_root_file_size),
+            max_index_size=_positive(syn, "max_index_size", sync.max_index_size),
+        )
+        syn.finish()
+
+    signing = None
+    if (sig := top.table("signing")) is not None:
+        home = sig.path_value("gnupghome", required=True)
+        assert home is not None
+        signing = SigningSettings(gnupghome=home, key=sig.get("key", str, required=True))
+        sig.finish()
+
+    repos_raw = top.get("repos", list, [])
+    repos: list[RepoSettings] = []
+    names: set[str] = set()
+    for i, item in enumerate(repos_raw):
+        if not isinstance(item, dict):
+            raise top.fail(f"repos[{i}]", "must be a table ([[repos]])")
+        repo = _repo(_Reader(path, item, f"repos[{i}]"), check_keys=check_keys)
+        if repo.name in names:
+            raise top.fail(f"repos[{i}].name", f"duplicate repo name {repo.name!r}")
+        names.add(repo.name)
+        repos.append(repo)
+    top.finish()
+    return Settings(source=path, tiers=tiers, storage=storage, server=server, sync=sync,
+                    signing=signing, repos=tuple(repos))
+
+
+def _valid_tier(name: str) -> bool:
+    return bool(TIER_NAME_RE.match(name)) and name not in RESERVED_TIERS
+
+
+def _port(r: _Reader, key: str, default: int) -> int:
+    value = r.get(key, int, default)
+    if not 0 <= value <= 65535:
+        raise r.fail(key, f"{value} is not a TCP port")
+    return value
+
+
+def _positive(r: _Reader, key: str, default: int, *, minimum: int = 1) -> int:
+    value = r.get(key, int, default)
+    if value < minimum:
+        raise r.fail(key, f"must be at least {minimum}")
+    return value
+
+
+def _positive_f(r: _Reader, key: str, default: float) -> float:
+    value = r.get(key, float, default)
+    if value <= 0:
+        raise r.fail(key, "must be positive")
+    return value
+
+
+def _repo(r: _Reader, *, check_keys: bool) -> RepoSettings:
+    name = r.get("name", str, required=True)
+    if not REPO_NAME_RE.match(name):
+        raise r.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]*")
+    kind = r.get("type", str, required=True)
+    if kind not in ("deb", "rpm"):
+        raise r.fail("type", f"{kind!r} must be \"deb\" or \"rpm\"")
+    url = r.get("url", str, required=True)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "file"):
+        raise r.fail("url", f"{url!r}: scheme must be http, https or file")
+    if parts.scheme != "file" and not parts.hostname:
+        raise r.fail("url", f"{url!r} has no host")
+    if parts.query or parts.fragment:
+        raise r.fail("url", f"{url!r} must not have a query or fragment")
+    if not url.endswith("/"):
+        url += "/"
+    keyring = r.path_value("keyring")
+    if keyring is None:
+        raise r.fail("keyring", "is required: every repo must name the keys it trusts")
+    fingerprints_raw = r.strings("fingerprints", (), check=lambda v: bool(
+        FINGERPRINT_RE.match(v.replace(" ", "").upper())), what="fingerprint (40 or 64 hex digits)")
+    fingerprints = tuple(v.replace(" ", "").upper() for v in fingerprints_raw) or None
+    if check_keys:
+        _check_keyring(r, keyring, fingerprints)
+
+    suites = r.strings("suites", (), check=DEB_TOKEN_RE.match, what="suite")  # type: ignore[arg-type]
+    components = r.strings("components", ("main",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
+                           what="component", nonempty=True)
+    architectures = r.strings("architectures", ("amd64",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
+                              what="architecture", nonempty=True)
+    languages = r.strings("languages", ("en",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
+                          what="language")
+    sources = r.get("sources", bool, False)
+    include = r.strings("include", ())
+    exclude = r.strings("exclude", ())
+    tier_signing = r.get("tier_signing", str, None)
+    if tier_signing is not None and tier_signing not in ("upstream", "mirror"):
+        raise r.fail("tier_signing", f"{tier_signing!r} must be \"upstream\" or \"mirror\"")
+    if kind == "deb" and not suites:
+        raise r.fail("suites", "is required for a deb repo (e.g. [\"bookworm\"])")
+    if kind == "rpm" and "suites" in r.data:
+        raise r.fail("suites", "applies to deb repos only")
+    if include or exclude:
+        raise r.fail("include" if include else "exclude",
+                     "package filters are not supported by this version yet")
+    if tier_signing == "mirror":
+        raise r.fail("tier_signing", "\"mirror\" is not supported by this version yet")
+    r.finish()
+    return RepoSettings(
+        name=name, type=kind, url=url, keyring=keyring, fingerprints=fingerprints, suites=suites,
+        components=components, architectures=architectures, languages=languages, sources=sources,
+        include=include, exclude=exclude, tier_signing=tier_signing,
+    )
+
+
+def _check_keyring(r: _Reader, keyring: Path, fingerprints: tuple[str, ...] | None) -> None:
+    from mirror.trust.gpg import key_fingerprints
+
+    try:
+        if not keyring.is_file():
+            raise ValueError("no such file")
+        if keyring.stat().st_size == 0:
+            raise ValueError("file is empty")
+        found = key_fingerprints(keyring)
+    except (OSError, ValueError) as exc:
+        raise r.fail("keyring", f"{keyring}: {exc}") from None
+    for fpr in fingerprints or ():
+        if fpr not in found:
+            raise r.fail("fingerprints", f"{fpr} is not a primary key in {keyring}")

@@ -1,0 +1,140 @@
+"""One error tree for the whole mirror.
+
+Every error has a stable snake_case ``code`` (used in the CLI, the sync-run records, the API and
+the metrics), an HTTP status for the API, and ``retryable``: whether the one retry policy
+(:func:`mirror.fetch.is_retryable`) may try the operation again.  Lower layers raise with context
+(repo, file, what did not verify); only the CLI prints and exits.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    code: str = "mirror_error"
+    http_status: int = 500
+    retryable: bool = False
+
+    def __init__(self, message: str, *, repo: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.repo = repo
+        self.path = path
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part for part in ((self.repo and f"{self.repo}:"), (self.path and f"{self.path}:")) if part
+        )
+        return f"{where} {self.message}" if where else self.message
+
+    def with_context(self, *, repo: str | None = None, path: str | None = None) -> MirrorError:
+        """Fill in the repo and file this error concerns, when the raiser did not know them."""
+        if self.repo is None:
+            self.repo = repo
+        if self.path is None:
+            self.path = path
+        return self
+
+
+class ConfigError(MirrorError):
+    """The configuration is invalid; the message names the file and the key path."""
+
+    code = "config_invalid"
+    http_status = 400
+
+
+class UpstreamError(MirrorError):
+    """The upstream served something untrustworthy. Reported, never silently retried."""
+
+    code = "upstream_untrusted"
+    http_status = 502
+
+
+class SignatureError(UpstreamError):
+    code = "signature_invalid"
+
+
+class RollbackError(UpstreamError):
+    code = "metadata_rollback"
+
+
+class ExpiredMetadataError(UpstreamError):
+    code = "metadata_expired"
+
+
+class MalformedMetadataError(UpstreamError):
+    code = "metadata_malformed"
+
+
+class UnsafePathError(UpstreamError):
+    code = "unsafe_path"
+
+
+class WeakDigestError(UpstreamError):
+    code = "weak_digest"
+
+
+class ChecksumMismatchError(UpstreamError):
+    """Bytes do not match the digest from verified metadata (one retry: could be corruption)."""
+
+    code = "checksum_mismatch"
+    retryable = True
+
+
+class SizeMismatchError(UpstreamError):
+    code = "size_mismatch"
+    retryable = True
+
+
+class TooLargeError(UpstreamError):
+    """An unverified root file or a decompressed index exceeded its cap."""
+
+    code = "too_large"
+
+
+class FetchError(MirrorError):
+    """The network failed (timeouts, resets, 429, 5xx): retried with backoff."""
+
+    code = "fetch_failed"
+    http_status = 502
+    retryable = True
+
+
+class NotFoundUpstreamError(FetchError):
+    """The upstream answered 404/410 for a file verified metadata says exists. Not retried."""
+
+    code = "upstream_not_found"
+    retryable = False
+
+
+class RedirectError(FetchError):
+    """A redirect to another scheme (or a downgrade from https) was refused."""
+
+    code = "redirect_refused"
+    retryable = False
+
+
+class StorageError(MirrorError):
+    code = "storage_error"
+
+
+class NoSpaceError(StorageError):
+    code = "no_space"
+
+
+class LockedError(MirrorError):
+    """Another process holds this repo's lock (a sync is running)."""
+
+    code = "repo_locked"
+    http_status = 409
+
+
+class ConflictError(MirrorError):
+    code = "conflict"
+    http_status = 409
+
+
+class NotFoundError(MirrorError):
+    """Unknown repo, snapshot or tier."""
+
+    code = "not_found"
+    http_status = 404

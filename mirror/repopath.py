@@ -1,0 +1,36 @@
+"""Upstream-supplied paths (`Filename:`, `location href`, Release entries) made safe.
+
+A path from metadata is normalised and must stay inside the repo: no absolute paths, no `..`
+that climbs out, no backslashes, NUL or control characters, no empty result. Anything else is an
+`UnsafePathError` naming the path.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from mirror.errors import UnsafePathError
+
+
+def contained(raw: str, *, what: str | None = None) -> str:
+    """The normalised relative form of `raw`, or UnsafePathError if it could leave the repo."""
+    if not raw or len(raw) > 4096:
+        raise UnsafePathError(f"empty or overlong path {raw[:80]!r}", path=what)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in raw) or "\\" in raw:
+        raise UnsafePathError(f"path {raw!r} contains control characters or backslashes", path=what)
+    if raw.startswith("/"):
+        raise UnsafePathError(f"absolute path {raw!r} is not allowed", path=what)
+    parts = raw.split("/")
+    if ".." in parts:
+        raise UnsafePathError(f"path {raw!r} contains '..'", path=what)
+    norm = posixpath.normpath(raw)
+    if norm in (".", "") or norm.startswith("../") or norm == "..":
+        raise UnsafePathError(f"path {raw!r} does not name a file inside the repo", path=what)
+    return norm
+
+
+def join(base: str, name: str, *, what: str | None = None) -> str:
+    """`base/name`, both contained (a file name from an index must not climb out of its directory)."""
+    if "/" in name:
+        raise UnsafePathError(f"file name {name!r} must not contain '/'", path=what)
+    return contained(f"{base}/{name}" if base else name, what=what)
