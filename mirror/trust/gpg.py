@@ -394,7 +394,7 @@ def _build_home(home: Path, key_files: Sequence[Path], expected: set[str]) -> Pa
             capture_output=True, check=False, timeout=GPG_TIMEOUT,
         )
         imported = set(_primary_fingerprints(listed.stdout.decode("utf-8", "replace"))[0])
-        if proc.returncode != 0 or imported != expected:
+        if imported != expected:  # gpg exits 2 on import when it cannot reach an agent
             raise ValueError(
                 f"gpg could not import the keys (imported {sorted(imported)}, "
                 f"expected {sorted(expected)}): {proc.stderr.decode('utf-8', 'replace')[-500:]}"

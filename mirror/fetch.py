@@ -1,0 +1,218 @@
+"""Network only: one aiohttp session, bounded concurrency, size caps, one retry policy.
+
+The client hashes bytes exactly as the upstream stores them (`auto_decompress=False`), has
+connect and per-read timeouts but no total cap, follows redirects itself so that a redirect to
+another scheme (or from https down to http) is refused, and reads `file://` upstreams from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
+
+import aiofiles
+import aiohttp
+
+from mirror import __version__
+from mirror.errors import (
+    ChecksumMismatchError,
+    FetchError,
+    MirrorError,
+    NotFoundUpstreamError,
+    RedirectError,
+    SizeMismatchError,
+    TooLargeError,
+)
+
+USER_AGENT = f"mirror/{__version__} (+https://example.org/mirror)"
+CHUNK = 256 * 1024
+MAX_REDIRECTS = 10
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    connect_timeout: float = 30.0
+    read_timeout: float = 60.0
+    retries: int = 4
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def is_retryable(exc: BaseException, attempt: int) -> bool:
+    """The one place that decides what is tried again (`attempt` counts from 1).
+
+    Network failures (timeouts, resets, 429, 5xx) are retried; an integrity failure of a file
+    whose digest came from verified metadata gets exactly one more try (it may be transfer
+    corruption); everything else an untrustworthy upstream did is reported, not retried.
+    """
+    if isinstance(exc, ChecksumMismatchError | SizeMismatchError):
+        return attempt < 2
+    if isinstance(exc, MirrorError):
+        return exc.retryable
+    return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, int | float) else None
+
+
+async def with_retries(op: Callable[[], Awaitable[T]], policy: FetchPolicy) -> T:
+    attempt = 1
+    while True:
+        try:
+            return await op()
+        except MirrorError as exc:
+            if attempt > policy.retries or not is_retryable(exc, attempt):
+                raise
+            delay = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter
+            hint = _retry_after(exc)
+            if hint is not None:
+                delay = min(max(delay, hint), policy.backoff_max)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+class HTTPStatusError(FetchError):
+    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status == 429 or status >= 500 or status == 408
+
+
+class Fetcher:
+    """One per process; `open_stream` yields the body of one URL as chunks."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Fetcher:
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.policy.connect_timeout,
+                                        sock_connect=self.policy.connect_timeout,
+                                        sock_read=self.policy.read_timeout)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, headers={"User-Agent": USER_AGENT},
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), trust_env=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @asynccontextmanager
+    async def open_stream(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        """(declared length or None, chunk iterator) for `url`; FetchError subclasses on failure."""
+        scheme = urlsplit(url).scheme
+        if scheme == "file":
+            async with self._open_file(url) as result:
+                yield result
+            return
+        assert self._session is not None, "Fetcher used outside `async with`"
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = await self._session.get(current, allow_redirects=False)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise FetchError(f"cannot fetch {current}: {_describe(exc)}") from exc
+            try:
+                if response.status in (301, 302, 303, 307, 308):
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError(f"redirect without Location from {current}")
+                    current = _check_redirect(current, urljoin(current, location))
+                    continue
+                if response.status in (404, 410):
+                    raise NotFoundUpstreamError(f"HTTP {response.status}: not found at {current}")
+                if response.status != 200:
+                    raise HTTPStatusError(response.status, current, _parse_retry_after(
+                        response.headers.get("Retry-After")))
+                yield response.content_length, _iter_body(response, current)
+                return
+            finally:
+                response.release()
+        raise RedirectError(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    @asynccontextmanager
+    async def _open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        path = Path(unquote(urlsplit(url).path))
+        try:
+            handle = await aiofiles.open(path, "rb")
+        except FileNotFoundError:
+            raise NotFoundUpstreamError(f"not found: {path}") from None
+        except OSError as exc:
+            raise FetchError(f"cannot read {path}: {exc}") from exc
+        try:
+            size = path.stat().st_size
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while data := await handle.read(CHUNK):
+                    yield data
+
+            yield size, chunks()
+        finally:
+            await handle.close()
+
+    async def fetch_bytes(self, url: str, *, cap: int, what: str) -> bytes:
+        """A whole small file (signed root metadata) into memory, refused beyond `cap` bytes."""
+        async def op() -> bytes:
+            async with self.open_stream(url) as (length, chunks):
+                if length is not None and length > cap:
+                    raise TooLargeError(f"{length} bytes is over the {cap}-byte limit for this file",
+                                        path=what)
+                parts: list[bytes] = []
+                total = 0
+                async for chunk in chunks:
+                    total += len(chunk)
+                    if total > cap:
+                        raise TooLargeError(f"more than the {cap}-byte limit for this file", path=what)
+                    parts.append(chunk)
+                return b"".join(parts)
+
+        try:
+            return await with_retries(op, self.policy)
+        except MirrorError as exc:
+            raise exc.with_context(path=what) from None
+
+
+async def _iter_body(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            yield chunk
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise FetchError(f"transfer from {url} failed: {_describe(exc)}") from exc
+
+
+def _check_redirect(source: str, target: str) -> str:
+    old, new = urlsplit(source).scheme, urlsplit(target).scheme
+    if new not in ("http", "https"):
+        raise RedirectError(f"refused redirect from {source} to another scheme: {target[:200]!r}")
+    if old == "https" and new == "http":
+        raise RedirectError(f"refused redirect from https to http: {target[:200]!r}")
+    return target
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

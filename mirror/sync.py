@@ -1,0 +1,336 @@
+"""One sync run of one repo: verify the roots, plan, fetch what is missing, commit — or nothing.
+
+The format-specific chains (`mirror.trust.apt`, later `mirror.trust.rpm`) verify the signed root
+metadata and turn it into a plan; everything else here is shared: the per-repo lock, the
+freshness and rollback checks, the no-op test, the bounded parallel fetch into the pool, the
+durable commit, and the sync-run record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from mirror.config import RepoSettings, Settings
+from mirror.errors import (
+    ConfigError,
+    ExpiredMetadataError,
+    LockedError,
+    MirrorError,
+    RollbackError,
+    StorageError,
+)
+from mirror.fetch import Fetcher, FetchPolicy, with_retries
+from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
+from mirror.pool import Pool
+from mirror.store import NewSnapshot, Store
+from mirror.trust.gpg import Keyring
+
+log = logging.getLogger(__name__)
+MAX_FAILURES_BEFORE_ABORT = 20
+
+
+@dataclass
+class Progress:
+    """Counters one repo's sync updates; the CLI renders them."""
+
+    repo: str
+    phase: str = "starting"
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+
+    def update(self, *, phase: str | None = None, files: int = 0, size: int = 0) -> None:
+        if phase is not None:
+            self.phase = phase
+        self.files_done += files
+        self.bytes_done += size
+        for listener in self.listeners:
+            listener(self)
+
+
+@dataclass(frozen=True)
+class VerifiedRoot:
+    """A root file that verified: what it said, and the raw files to serve byte for byte."""
+
+    record: RootRecord
+    files: dict[str, bytes]  # repo-relative path -> raw bytes as fetched
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A file the snapshot needs, with what verified metadata says it is."""
+
+    expected: ExpectedFile
+    package: PackageKey | None = None
+    aliases: tuple[str, ...] = ()  # further manifest paths with the same content (APT by-hash)
+
+
+@dataclass
+class SyncContext:
+    settings: Settings
+    repo: RepoSettings
+    fetcher: Fetcher
+    pool: Pool
+    store: Store
+    keyring: Keyring
+    tmp: Path
+    now: datetime
+    semaphore: asyncio.Semaphore
+    progress: Progress
+    recorded: set[str] = field(default_factory=set)
+
+    def url(self, path: str) -> str:
+        return self.repo.url + path
+
+    async def ingest(self, expected: ExpectedFile) -> bool:
+        """Make `expected` present in the pool; True if it was downloaded."""
+        if expected.sha256 in self.recorded:
+            return False
+        if await asyncio.to_thread(self.store.recorded_blobs, (expected.sha256,)):
+            self.recorded.add(expected.sha256)
+            return False
+        if await asyncio.to_thread(self.pool.adopt, expected):
+            return False
+        source = expected.fetch_path or expected.path
+
+        async def attempt() -> None:
+            async with self.semaphore, self.fetcher.open_stream(self.url(source)) as (_length, chunks):
+                await self.pool.ingest(chunks, expected, self.tmp, what=expected.path)
+
+        try:
+            await with_retries(attempt, self.fetcher.policy)
+        except MirrorError as exc:
+            raise exc.with_context(repo=self.repo.name, path=expected.path) from None
+        self.progress.update(files=1, size=expected.size)
+        return True
+
+
+class RepoFormat(Protocol):
+    async def fetch_roots(self, ctx: SyncContext) -> list[VerifiedRoot]: ...
+
+    async def plan(self, ctx: SyncContext, roots: Sequence[VerifiedRoot]) -> list[Wanted]: ...
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    repo: str
+    snapshot: str | None = None  # None: unchanged
+    error: MirrorError | None = None
+    files: int = 0
+    bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def format_for(repo: RepoSettings) -> RepoFormat:
+    if repo.type == "deb":
+        from mirror.trust.apt import AptFormat
+
+        return AptFormat()
+    raise MirrorError(f"repo type {repo.type!r} is not supported by this version", repo=repo.name)
+
+
+def plan_key(repo: RepoSettings) -> str:
+    """What, besides upstream, decides a snapshot's content: a change makes a new snapshot."""
+    shape = {"type": repo.type, "suites": repo.suites, "components": repo.components,
+             "architectures": repo.architectures, "languages": repo.languages, "sources": repo.sources}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def repo_lock(root: Path, repo: str) -> Iterator[None]:
+    """An exclusive per-repo lock; the kernel releases it if the holder dies."""
+    locks = root / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / f"{repo}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another sync of {repo} is running", repo=repo) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: dict[str, RootRecord],
+                    *, allow_rollback: bool) -> None:
+    for root in roots:
+        record = root.record
+        what = next(iter(root.files), record.name)
+        if record.valid_until is not None and record.valid_until < ctx.now:
+            raise ExpiredMetadataError(
+                f"expired: Valid-Until {record.valid_until.isoformat()} is before now "
+                f"({ctx.now.replace(microsecond=0).isoformat()})", repo=ctx.repo.name, path=what)
+        before = previous.get(record.name)
+        if allow_rollback or before is None:
+            continue
+        if before.date is not None and record.date is not None and record.date < before.date:
+            raise RollbackError(
+                f"rollback refused: Date {record.date.isoformat()} is older than "
+                f"{before.date.isoformat()} of the last accepted snapshot", repo=ctx.repo.name, path=what)
+
+
+async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetcher: Fetcher,
+                    progress: Progress | None = None, *, allow_rollback: bool = False) -> SyncResult:
+    """Sync one repo. Never raises for the repo's own failures: they are in the result."""
+    progress = progress or Progress(repo=repo.name)
+    root = settings.storage.root
+    run_id: int | None = None
+    ctx: SyncContext | None = None
+    try:
+        with repo_lock(root, repo.name):
+            run_id = await asyncio.to_thread(store.start_sync_run, repo.name)
+            pool = Pool(root)
+            await asyncio.to_thread(pool.remove_stale_temp, repo.name)
+            tmp = await asyncio.to_thread(pool.temp_dir, repo.name)
+            try:
+                try:
+                    keyring = await asyncio.to_thread(
+                        Keyring, [repo.keyring], repo.fingerprints, root / "keyrings" / repo.name)
+                except ValueError as exc:
+                    raise ConfigError(f"keyring {repo.keyring}: {exc}", repo=repo.name) from None
+                ctx = SyncContext(settings=settings, repo=repo, fetcher=fetcher, pool=pool, store=store,
+                                  keyring=keyring, tmp=tmp, now=utcnow(), progress=progress,
+                                  semaphore=asyncio.Semaphore(settings.sync.max_parallel_downloads))
+                snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
+            finally:
+                await asyncio.to_thread(_rmtree, tmp)
+        outcome = "unchanged" if snapshot is None else "snapshot"
+        await asyncio.to_thread(store.finish_sync_run, run_id, outcome, snapshot=snapshot,
+                                files=progress.files_done, size=progress.bytes_done)
+        progress.update(phase=outcome)
+        return SyncResult(repo=repo.name, snapshot=snapshot, files=progress.files_done,
+                          bytes=progress.bytes_done)
+    except MirrorError as exc:
+        exc.with_context(repo=repo.name)
+        error: MirrorError = exc
+    except OSError as exc:
+        error = StorageError(str(exc), repo=repo.name)
+    progress.update(phase="failed")
+    log.error("%s: sync failed: %s", repo.name, error)
+    if run_id is not None:
+        await asyncio.to_thread(store.finish_sync_run, run_id, "failed", error_code=error.code,
+                                message=str(error), files=progress.files_done, size=progress.bytes_done)
+    return SyncResult(repo=repo.name, error=error, files=progress.files_done, bytes=progress.bytes_done)
+
+
+async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | None:
+    repo, store = ctx.repo, ctx.store
+    fmt = format_for(repo)
+    ctx.progress.update(phase="verifying")
+    roots = await fmt.fetch_roots(ctx)
+    latest = await asyncio.to_thread(store.latest_snapshot, repo.name)
+    previous = await asyncio.to_thread(store.roots, repo.name, latest) if latest else {}
+    check_freshness(ctx, roots, previous, allow_rollback=allow_rollback)
+    key = plan_key(repo)
+    if latest is not None and await asyncio.to_thread(store.snapshot_plan_key, repo.name, latest) == key \
+            and {r.record.name: r.record.sha256 for r in roots} == {n: r.sha256 for n, r in previous.items()}:
+        return None
+
+    ctx.progress.update(phase="indices")
+    wanted = await fmt.plan(ctx, roots)
+    entries: dict[str, ManifestEntry] = {}
+    for root in roots:  # after planning: a format may add verified root files (APT Release.gpg)
+        for path, data in root.files.items():
+            digest = hashlib.sha256(data).hexdigest()
+            await asyncio.to_thread(ctx.pool.ingest_bytes, data, digest, ctx.tmp, what=path)
+            _add(entries, ManifestEntry(path, digest, len(data), EntryKind.ROOT), repo.name)
+    ctx.recorded = await asyncio.to_thread(store.recorded_blobs, (w.expected.sha256 for w in wanted))
+
+    ctx.progress.update(phase="packages")
+    packages = [w for w in wanted if w.expected.kind is EntryKind.PACKAGE]
+    ctx.progress.files_total += len(packages)
+    ctx.progress.bytes_total += sum(w.expected.size for w in packages)
+    await fetch_all(ctx, [w.expected for w in packages])
+    for w in wanted:
+        e = w.expected
+        for path in (e.path, *w.aliases):
+            _add(entries, ManifestEntry(path, e.sha256, e.size, e.kind, w.package), repo.name)
+
+    ctx.progress.update(phase="committing")
+    await asyncio.to_thread(ctx.pool.make_durable)
+    new = NewSnapshot(repo=repo.name, signed_by="upstream", plan_key=key,
+                      roots=[r.record for r in roots], entries=sorted(entries.values(), key=lambda e: e.path),
+                      sync_run=run_id)
+    return await asyncio.to_thread(store.commit_snapshot, new, ctx.settings.tiers[0])
+
+
+def _add(entries: dict[str, ManifestEntry], entry: ManifestEntry, repo: str) -> None:
+    """One path, one content: two different digests for a path is a mix-and-match upstream."""
+    from mirror.errors import MalformedMetadataError
+
+    old = entries.get(entry.path)
+    if old is not None and old.sha256 != entry.sha256:
+        raise MalformedMetadataError(
+            f"listed twice with different content ({old.sha256} and {entry.sha256})",
+            repo=repo, path=entry.path)
+    if old is None or (old.package is None and entry.package is not None):
+        entries[entry.path] = entry
+
+
+async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
+    """Fetch every file the pool lacks, in parallel (bounded by the context's semaphore).
+
+    Every failure is collected; after MAX_FAILURES_BEFORE_ABORT the rest is not attempted. The
+    first failure is raised, its message saying how many more there were.
+    """
+    unique = list({f.sha256: f for f in files}.values())
+    failures: list[MirrorError] = []
+    queue: asyncio.Queue[ExpectedFile] = asyncio.Queue()
+    for f in unique:
+        queue.put_nowait(f)
+
+    async def worker() -> None:
+        while not queue.empty() and len(failures) < MAX_FAILURES_BEFORE_ABORT:
+            item = queue.get_nowait()
+            try:
+                await ctx.ingest(item)
+            except MirrorError as exc:
+                failures.append(exc)
+
+    workers = min(len(unique), ctx.settings.sync.max_parallel_downloads * 2) or 1
+    async with asyncio.TaskGroup() as group:
+        for _ in range(workers):
+            group.create_task(worker())
+    if failures:
+        first = failures[0]
+        if len(failures) > 1:
+            first.message += f" (and {len(failures) - 1} more failed files)"
+            first.args = (first.message,)
+        raise first
+
+
+async def sync_repos(settings: Settings, names: Sequence[str], store: Store,
+                     progress_for: Callable[[str], Progress] | None = None,
+                     *, allow_rollback: bool = False) -> list[SyncResult]:
+    """Sync several repos in parallel with one HTTP session; one failing repo never stops the others."""
+    repos = [settings.repo(n) for n in names] if names else list(settings.repos)
+    policy = FetchPolicy(connect_timeout=settings.sync.connect_timeout,
+                         read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
+    async with Fetcher(policy) as fetcher:
+        tasks = [sync_repo(settings, r, store, fetcher,
+                           progress_for(r.name) if progress_for else None, allow_rollback=allow_rollback)
+                 for r in repos]
+        return list(await asyncio.gather(*tasks))
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

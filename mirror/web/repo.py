@@ -1,0 +1,481 @@
+"""The read-only repository server (the repo port).
+
+Published URLs (CONTRACT.md, "Published layout")::
+
+    /<tier>/<repo>/<path>                     revalidated on every use: a promotion changes them
+    /snapshots/<repo>/<snapshot-id>/<path>    immutable
+    /keys/mirror.asc                          the mirror's public signing key, when there is one
+
+Nothing is looked up on disk by name.  Every request is resolved through a :class:`Catalog` to a
+manifest entry (exact path match), and the bytes come from the content-addressed pool file named
+by the entry's sha256.  The request path is taken raw (``request.raw_path``), split on ``/`` and
+each segment percent-decoded exactly once; empty, ``.`` and ``..`` segments, decoded ``/`` or
+``\\``, control characters, malformed escapes and non-UTF-8 are refused before any lookup.
+
+Bytes go out through :class:`aiohttp.web.FileResponse` (sendfile, Range → 206/416, HEAD without a
+body), but the conditional headers are evaluated here against the content's strong ETag
+``"<sha256>"``: FileResponse would otherwise answer them against its own ``"<mtime>-<size>"``
+ETag, which it also writes over any ETag set beforehand.  FileResponse therefore sees a clone of
+the request without ``If-*`` and ``Accept-Encoding`` headers (the latter also stops it from
+looking for ``<pool file>.gz``/``.br`` siblings, CVE-2024-42367 class), and our ETag is restored
+in an ``on_response_prepare`` hook, just before the headers are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Final, Protocol
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
+
+__all__ = [
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "Catalog",
+    "content_type_for",
+    "make_repo_app",
+    "run_servers",
+    "split_request_path",
+]
+
+log = logging.getLogger(__name__)
+
+# Same rule as mirror.config.TIER_NAME_RE; the reserved names never reach the tier branch.
+_TIER_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+CACHE_IMMUTABLE: Final = "public, max-age=31536000, immutable"
+CACHE_REVALIDATE: Final = "no-cache"
+CACHE_ERROR: Final = "no-store"
+
+# aiohttp's own default keep-alive is 3630 s; an idle connection is closed after this long.
+DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0
+
+_TEXT: Final = "text/plain; charset=utf-8"
+_DEB: Final = "application/vnd.debian.binary-package"
+_PGP_SIGNATURE: Final = "application/pgp-signature"
+_PGP_KEYS: Final = "application/pgp-keys"
+_OCTET: Final = "application/octet-stream"
+_ETAG: Final = "ETag"  # aiohttp spells hdrs.ETAG "Etag"; header names are case-insensitive anyway
+
+_BY_NAME: Final[dict[str, str]] = {
+    "InRelease": _TEXT,  # a clearsigned text message
+    "Release": _TEXT,
+    "Release.gpg": _PGP_SIGNATURE,
+    "Packages": _TEXT,
+    "Sources": _TEXT,
+    "Index": _TEXT,
+    "SHA256SUMS": _TEXT,
+    "MD5SUMS": _TEXT,
+    "mirror.asc": _PGP_KEYS,
+}
+_TEXT_PREFIX_RE: Final = re.compile(r"^(?:Contents|Translation|Commands|Components)-[^.]+$")
+_BY_SUFFIX: Final[dict[str, str]] = {
+    ".deb": _DEB,
+    ".udeb": _DEB,
+    ".ddeb": _DEB,
+    ".rpm": "application/x-rpm",
+    ".xz": "application/x-xz",
+    ".gz": "application/gzip",
+    ".bz2": "application/x-bzip2",
+    ".zst": "application/zstd",
+    ".lzma": "application/x-lzma",
+    ".xml": "application/xml",
+    ".asc": _PGP_SIGNATURE,  # repomd.xml.asc, *.dsc.asc: detached signatures
+    ".gpg": _PGP_SIGNATURE,
+    ".sig": _PGP_SIGNATURE,
+    ".key": _PGP_KEYS,  # repomd.xml.key
+    ".dsc": _TEXT,
+    ".changes": _TEXT,
+    ".txt": _TEXT,
+    ".json": "application/json",
+    ".sqlite": "application/vnd.sqlite3",
+    ".tar": "application/x-tar",
+}
+
+
+def content_type_for(name: str) -> str:
+    """Content-Type for a requested file name (the last URL segment, decoded).
+
+    Never text/html or anything a browser would render as active content; unknown names are
+    application/octet-stream.
+    """
+    if (known := _BY_NAME.get(name)) is not None:
+        return known
+    if _TEXT_PREFIX_RE.match(name):
+        return _TEXT
+    dot = name.rfind(".")
+    if dot > 0:
+        return _BY_SUFFIX.get(name[dot:].lower(), _OCTET)
+    return _OCTET
+
+
+class Catalog(Protocol):
+    """What the server needs from the state database (cheap, in-memory, synchronous)."""
+
+    def lookup_tier(self, tier: str, repo: str, path: str) -> ManifestEntry | None: ...
+
+    def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None: ...
+
+    def pool_path(self, sha256: str) -> Path: ...
+
+    def public_key_path(self) -> Path | None: ...
+
+
+class PathRejected(Exception):
+    """The request target is refused before any lookup (404 or 400)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_BAD_PERCENT_RE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _has_control(text: str) -> bool:
+    return any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in text)
+
+
+def split_request_path(raw: str) -> list[str]:
+    """Split a raw request target into decoded path segments, or raise :class:`PathRejected`.
+
+    ``raw`` is ``request.raw_path`` (origin-form ``/a/b?q`` or absolute-form
+    ``http://host/a/b``); the query and fragment are ignored.  Each segment is percent-decoded
+    exactly once, so ``%252e`` stays the literal three characters ``%2e``.
+    """
+    if raw.startswith("/"):
+        path = raw.split("?", 1)[0].split("#", 1)[0]
+    else:
+        parts = urlsplit(raw)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise PathRejected(400, "unsupported request target")
+        path = parts.path
+        if not path.startswith("/"):
+            raise PathRejected(404, "no path")
+    if _BAD_PERCENT_RE.search(path):
+        raise PathRejected(400, "malformed percent-encoding")
+    if _has_control(path):
+        raise PathRejected(400, "control character in path")
+    segments: list[str] = []
+    for encoded in path[1:].split("/"):
+        if not encoded:
+            raise PathRejected(404, "empty path segment")
+        try:
+            segment = unquote_to_bytes(encoded).decode("utf-8")  # strict: no overlong forms
+        except UnicodeDecodeError:
+            raise PathRejected(400, "path is not UTF-8") from None
+        if segment in (".", ".."):
+            raise PathRejected(404, "dot segment")
+        if "/" in segment or "\\" in segment:
+            raise PathRejected(400, "encoded separator in path segment")
+        if _has_control(segment):
+            raise PathRejected(400, "control character in path")
+        segments.append(segment)
+    return segments
+
+
+def _plain(status: int, text: str, *, cache: str = CACHE_ERROR) -> web.Response:
+    return web.Response(
+        status=status,
+        text=text if text.endswith("\n") else text + "\n",
+        headers={hdrs.CACHE_CONTROL: cache},
+    )
+
+
+def _not_found() -> web.Response:
+    return _plain(404, "not found")
+
+
+def _without(headers: CIMultiDictProxy[str], names: Iterable[str]) -> CIMultiDict[str]:
+    drop = {name.lower() for name in names}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+_CONDITIONAL_HEADERS: Final = (
+    hdrs.IF_MATCH,
+    hdrs.IF_NONE_MATCH,
+    hdrs.IF_MODIFIED_SINCE,
+    hdrs.IF_UNMODIFIED_SINCE,
+    hdrs.IF_RANGE,
+    hdrs.ACCEPT_ENCODING,
+)
+
+
+class _ServedFile(web.FileResponse):
+    """A FileResponse that prepares against a sanitised clone of the request.
+
+    aiohttp calls ``prepare(request)`` with the original request; FileResponse must not see the
+    client's conditional headers (we answered them already, against the right ETag) nor its
+    Accept-Encoding (no compressed-sibling lookup next to the pool file).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        request: web.BaseRequest,
+        headers: dict[str, str],
+        etag: str | None,
+        last_modified: str | None,
+    ) -> None:
+        super().__init__(path, headers=headers)
+        self._clean_request = request
+        self.fixed_etag = etag
+        self.fixed_last_modified = last_modified
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return await super().prepare(self._clean_request)
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.X_CONTENT_TYPE_OPTIONS] = "nosniff"
+    if isinstance(response, _ServedFile) and response.status in (200, 206):
+        # FileResponse has just set its own "<mtime>-<size>" ETag: put the content's back.
+        if response.fixed_etag is not None:
+            response.headers[_ETAG] = response.fixed_etag
+        if response.fixed_last_modified is not None:
+            response.headers[hdrs.LAST_MODIFIED] = response.fixed_last_modified
+
+
+def _http_seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+class _Preconditions:
+    """RFC 9110 §13.2.2, evaluated against the strong ETag and Last-Modified (whole seconds)."""
+
+    def __init__(self, request: web.BaseRequest, sha256: str, modified: int, *, exact: bool):
+        self.request = request
+        self.sha256 = sha256
+        self.modified = modified
+        # Tier URLs change content on promotion and rollback, possibly to an *older* pool file:
+        # there, If-Modified-Since only matches the exact Last-Modified it was given (as nginx's
+        # `if_modified_since exact`), so a rolled-back tier is not answered 304.
+        self.exact = exact
+
+    def status(self) -> int | None:
+        """412, 304, or None to serve the representation."""
+        request = self.request
+        if_match = request.if_match
+        if if_match is not None:
+            if not any(
+                tag.value == "*" or (not tag.is_weak and tag.value == self.sha256)
+                for tag in if_match
+            ):
+                return 412
+        else:
+            since = request.if_unmodified_since
+            if since is not None and self.modified > _http_seconds(since):
+                return 412
+        if_none_match = request.if_none_match
+        if if_none_match is not None:
+            if any(tag.value in ("*", self.sha256) for tag in if_none_match):  # weak comparison
+                return 304
+        elif (since := request.if_modified_since) is not None:
+            since_s = _http_seconds(since)
+            if self.modified == since_s or (not self.exact and self.modified < since_s):
+                return 304
+        return None
+
+    def range_applies(self) -> bool:
+        """If-Range: honour Range only for the exact same representation."""
+        value = self.request.headers.get(hdrs.IF_RANGE)
+        if value is None:
+            return True
+        value = value.strip()
+        if value.startswith(('"', "W/")):
+            return value == f'"{self.sha256}"'  # strong comparison; weak never matches
+        date = self.request.if_range
+        return date is not None and _http_seconds(date) == self.modified
+
+
+def _ceil_seconds(st: os.stat_result) -> int:
+    # aiohttp rounds Last-Modified up; do the same so our value and its value agree.
+    return -(-st.st_mtime_ns // 1_000_000_000)
+
+
+class _RepoHandler:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            segments = split_request_path(request.raw_path)
+        except PathRejected as exc:
+            log.debug("refused %r: %s", request.raw_path, exc.reason)
+            return _plain(exc.status, "bad request" if exc.status == 400 else "not found")
+        try:
+            return await self._dispatch(request, segments)
+        except Exception:
+            log.exception("error serving %r", request.raw_path)
+            return _plain(500, "internal error")
+
+    async def _dispatch(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
+        head = segments[0]
+        if head == "keys":
+            if segments != ["keys", "mirror.asc"]:
+                return _not_found()
+            return self._serve_key(request)
+        if head == "snapshots":
+            if len(segments) < 4:
+                return _not_found()
+            repo, snapshot = segments[1], segments[2]
+            if not REPO_NAME_RE.match(repo) or not SNAPSHOT_ID_RE.match(snapshot):
+                return _not_found()
+            entry = self.catalog.lookup_snapshot(repo, snapshot, "/".join(segments[3:]))
+            immutable = True
+        else:
+            if len(segments) < 3 or not _TIER_RE.match(head) or not REPO_NAME_RE.match(segments[1]):
+                return _not_found()
+            entry = self.catalog.lookup_tier(head, segments[1], "/".join(segments[2:]))
+            immutable = False
+        if entry is None:
+            return _not_found()
+        return await self._serve_entry(request, entry, segments[-1], immutable=immutable)
+
+    def _serve_key(self, request: web.Request) -> web.StreamResponse:
+        key = self.catalog.public_key_path()
+        if key is None:
+            return _not_found()
+        drop: list[str] = [hdrs.ACCEPT_ENCODING]
+        if hdrs.IF_RANGE in request.headers:  # FileResponse only understands date If-Range
+            drop += [hdrs.IF_RANGE, hdrs.RANGE]
+        return _ServedFile(
+            key,
+            request=request.clone(headers=_without(request.headers, drop)),
+            headers={hdrs.CONTENT_TYPE: _PGP_KEYS, hdrs.CACHE_CONTROL: CACHE_REVALIDATE},
+            etag=None,
+            last_modified=None,
+        )
+
+    async def _serve_entry(
+        self, request: web.Request, entry: ManifestEntry, name: str, *, immutable: bool
+    ) -> web.StreamResponse:
+        if not SHA256_RE.match(entry.sha256):
+            log.error("manifest entry %r has an invalid sha256 %r", entry.path, entry.sha256)
+            return _plain(500, "internal error")
+        pool_file = self.catalog.pool_path(entry.sha256)
+        loop = asyncio.get_running_loop()
+        try:
+            st = await loop.run_in_executor(None, os.lstat, pool_file)
+        except FileNotFoundError:
+            log.error("pool object %s for %r is missing (%s)", entry.sha256, entry.path, pool_file)
+            return _plain(503, "stored file unavailable")
+        except OSError as exc:
+            log.error("pool object %s for %r cannot be read: %s", entry.sha256, entry.path, exc)
+            return _plain(503, "stored file unavailable")
+        if not stat.S_ISREG(st.st_mode):
+            log.error("pool object %s for %r is not a regular file (%s)",
+                      entry.sha256, entry.path, pool_file)
+            return _plain(500, "stored file invalid")
+        if st.st_size != entry.size:
+            log.error("pool object %s for %r has %d bytes, the manifest says %d",
+                      entry.sha256, entry.path, st.st_size, entry.size)
+            return _plain(500, "stored file invalid")
+
+        modified = _ceil_seconds(st)
+        etag = f'"{entry.sha256}"'
+        last_modified = formatdate(modified, usegmt=True)
+        headers: dict[str, str] = {
+            _ETAG: etag,
+            hdrs.LAST_MODIFIED: last_modified,
+            hdrs.CACHE_CONTROL: CACHE_IMMUTABLE if immutable else CACHE_REVALIDATE,
+        }
+        conditions = _Preconditions(request, entry.sha256, modified, exact=not immutable)
+        status = conditions.status()
+        if status is not None:
+            return web.Response(status=status, headers=headers)
+
+        drop: list[str] = list(_CONDITIONAL_HEADERS)
+        if not conditions.range_applies():
+            drop.append(hdrs.RANGE)
+        headers[hdrs.CONTENT_TYPE] = content_type_for(name)
+        return _ServedFile(
+            pool_file,
+            request=request.clone(headers=_without(request.headers, drop)),
+            headers=headers,
+            etag=etag,
+            last_modified=last_modified,
+        )
+
+
+def make_repo_app(catalog: Catalog) -> web.Application:
+    """The repo-port application: one catch-all GET/HEAD route; other methods get 405."""
+    app = web.Application(client_max_size=64 * 1024)
+    # [\s\S]: the router matches the *decoded* path, which may hold a newline; such requests
+    # must still reach the handler (and be refused there) rather than the router's own 404.
+    app.router.add_get(r"/{tail:[\s\S]*}", _RepoHandler(catalog).handle, allow_head=True)
+    app.on_response_prepare.append(_on_response_prepare)
+    return app
+
+
+async def run_servers(
+    apps: Sequence[tuple[web.Application, str, int]],
+    *,
+    shutdown_timeout: float = 10,
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    ready: Callable[[list[tuple[str, int]]], Any] | None = None,
+) -> None:
+    """Serve every ``(app, host, port)`` until SIGTERM or SIGINT, then stop gracefully.
+
+    On the signal the listening sockets close first, in-flight requests get up to
+    ``shutdown_timeout`` seconds to finish, idle keep-alive connections are closed, and the
+    apps' cleanup hooks run.  ``ready``, if given, is called with the bound (host, port)
+    addresses once every site listens (useful with port 0).
+
+    Bounded here: idle keep-alive (``keepalive_timeout``), request line and header sizes
+    (aiohttp defaults: 8190 bytes per line/field, 128 headers).  NOT bounded by aiohttp: the time
+    a client may take to send its request headers, and connections per client address (HOSTILE
+    B12, case 68); put a reverse proxy or firewall rule in front for those.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+        installed.append(signum)
+    runners: list[web.AppRunner] = []
+    try:
+        bound: list[tuple[str, int]] = []
+        for app, host, port in apps:
+            runner = web.AppRunner(
+                app,
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=shutdown_timeout,
+                keepalive_timeout=keepalive_timeout,
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, port, backlog=1024)
+            await site.start()
+            bound.extend((str(addr[0]), int(addr[1])) for addr in runner.addresses)
+        log.info("serving on %s", ", ".join(f"{h}:{p}" for h, p in bound))
+        if ready is not None:
+            ready(bound)
+        await stop.wait()
+        log.info("shutting down (waiting up to %gs for in-flight requests)", shutdown_timeout)
+    finally:
+        results = await asyncio.gather(
+            *(runner.cleanup() for runner in runners), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("error during shutdown: %r", result)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
