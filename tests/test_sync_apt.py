@@ -322,3 +322,112 @@ def test_verify_finds_a_flipped_byte_in_the_pool(setup: Setup) -> None:
     out = setup.mirror.cli("verify")
     assert out.returncode == 1
     assert entry.sha256 in out.stdout and setup.upstream.url_path_of("hello") in out.stdout
+
+
+# -- index variants, by-hash, sources --------------------------------------------------------
+
+def test_indices_are_fetched_by_hash_when_the_release_says_so(setup: Setup) -> None:
+    assert setup.mirror.sync_one().ok
+    assert setup.server.count("dists/stable/main/binary-amd64/by-hash/SHA256/*") >= 2
+    assert setup.server.count("dists/stable/main/binary-amd64/Packages.xz") == 0
+
+
+def test_missing_best_variant_falls_back_to_the_next_listed_one(setup: Setup) -> None:
+    up = setup.upstream
+    xz = up.packages_path(ext=".xz")
+    import hashlib
+    digest = hashlib.sha256(xz.read_bytes()).hexdigest()
+    xz.unlink()
+    (xz.parent / "by-hash" / "SHA256" / digest).unlink()
+    result = setup.mirror.sync_one()
+    assert result.ok, result.error
+    tree = setup.mirror.served_tree()
+    assert "dists/stable/main/binary-amd64/Packages.xz" not in tree
+    assert tree["dists/stable/main/binary-amd64/Packages.gz"] == up.packages_path(ext=".gz").read_bytes()
+    assert up.url_path_of("hello") in tree
+
+
+def test_sources_and_source_packages_are_mirrored_when_asked(setup: Setup, tmp_path: Path,
+                                                             archive_key: SigningKey) -> None:
+    import hashlib
+    up = setup.upstream
+    files = {"hello_1.0-1.dsc": b"Format: 3.0 (quilt)\nSource: hello\n", "hello_1.0.orig.tar.gz": b"x" * 999}
+    directory = "pool/main/h/hello"
+    for name, data in files.items():
+        (up.root / directory / name).write_bytes(data)
+    sums = "".join(f" {hashlib.sha256(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
+    sources = f"Package: hello\nVersion: 1.0-1\nDirectory: {directory}\nChecksums-Sha256:\n{sums}\n"
+    up.publish(keep_plain_on_disk=False, extra_indices={"main/source/Sources": sources.encode()})
+    mirror = write_config(tmp_path / "srcmirror", setup.server.url,
+                          archive_key.write_public(tmp_path / "k.asc"), extra_repo="sources = true")
+    result = mirror.sync_one()
+    assert result.ok, result.error
+    tree = mirror.served_tree()
+    for name, data in files.items():
+        assert tree[f"{directory}/{name}"] == data
+    assert "dists/stable/main/source/Sources.xz" in tree
+
+
+def test_source_file_name_with_a_slash_is_rejected(setup: Setup, tmp_path: Path,
+                                                   archive_key: SigningKey) -> None:
+    sources = ("Package: hello\nVersion: 1.0-1\nDirectory: pool/main/h/hello\nChecksums-Sha256:\n "
+               + "0" * 64 + " 3 ../../../../etc/passwd\n\n")
+    setup.upstream.publish(keep_plain_on_disk=False, extra_indices={"main/source/Sources": sources.encode()})
+    mirror = write_config(tmp_path / "srcmirror", setup.server.url,
+                          archive_key.write_public(tmp_path / "k.asc"), extra_repo="sources = true")
+    result = mirror.sync_one()
+    assert result.error is not None and result.error.code == "unsafe_path", result.error
+    assert "main/source/Sources" in str(result.error)
+
+
+# -- transport ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/InRelease",
+                                    "data:text/plain,Origin:%20Evil"])
+def test_redirect_to_another_scheme_is_refused(setup: Setup, target: str) -> None:
+    setup.server.faults["dists/stable/InRelease"] = Fault(redirect_to=target)
+    result = setup.mirror.sync_one()
+    assert result.error is not None and result.error.code == "redirect_refused", result.error
+    assert "dists/stable/InRelease" in str(result.error)
+    assert setup.mirror.snapshots() == []
+
+
+def test_redirect_within_http_is_followed(setup: Setup) -> None:
+    setup.server.faults["dists/stable/InRelease"] = Fault(redirect_to="/dists/stable/InRelease?x=1",
+                                                           times=1)
+    result = setup.mirror.sync_one()
+    assert result.ok, result.error
+
+
+def test_endless_inrelease_is_capped(setup: Setup) -> None:
+    setup.server.faults["dists/stable/InRelease"] = Fault(endless=True)
+    result = setup.mirror.sync_one()
+    assert result.error is not None and result.error.code == "too_large", result.error
+    assert "dists/stable/InRelease" in str(result.error)
+
+
+def test_second_concurrent_sync_of_a_repo_is_refused(setup: Setup) -> None:
+    from mirror.sync import repo_lock
+    with repo_lock(setup.mirror.settings.storage.root, "repo"):
+        result = setup.mirror.sync_one()
+    assert result.error is not None and result.error.code == "repo_locked"
+    assert setup.mirror.sync_one().ok
+
+
+def test_one_failing_repo_does_not_stop_the_others(setup: Setup, tmp_path: Path,
+                                                   archive_key: SigningKey) -> None:
+    keyring = archive_key.write_public(tmp_path / "k.asc")
+    mirror = write_config(tmp_path / "two", setup.server.url, keyring, extra_repo=f"""
+[[repos]]
+name = "broken"
+type = "deb"
+url = "{setup.server.url}/nothing-here"
+suites = ["stable"]
+keyring = "{keyring}"
+""")
+    good, bad = mirror.sync("repo", "broken")
+    assert good.ok and good.snapshot
+    assert bad.error is not None and bad.error.code == "upstream_not_found"
+    out = mirror.cli("sync")
+    assert out.returncode == 1
+    assert "repo: unchanged" in out.stdout and "broken: error:" in out.stdout
