@@ -27,11 +27,13 @@ class ExpectedFile:
 
     path: str  # relative to the repo root, already normalised and contained
     size: int
-    sha256: str
+    sha256: str  # "" when verified metadata gives only another strong digest (see `alt`)
     kind: EntryKind = EntryKind.PACKAGE
     # Where to fetch it from, relative to the repo root, when it differs from `path`
     # (APT by-hash: the canonical name is served, the by-hash URL is fetched).
     fetch_path: str | None = None
+    # Another strong digest from verified metadata, checked too: ("sha512", hex).
+    alt: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,12 +57,16 @@ class Pool:
                 shutil.rmtree(entry, ignore_errors=True)
 
     async def ingest(self, chunks: AsyncIterable[bytes], expected: ExpectedFile, tmp_dir: Path,
-                     *, what: str) -> None:
-        """Write `chunks` into the pool under `expected.sha256`, or raise and leave nothing behind."""
-        final = self.path_for(expected.sha256)
+                     *, what: str) -> str:
+        """Write `chunks` into the pool; return the sha256. Raise and leave nothing behind on mismatch.
+
+        Checked against `expected.sha256` and, when given, `expected.alt` (another strong digest)."""
+        if not expected.sha256 and expected.alt is None:
+            raise ChecksumMismatchError("no digest from verified metadata to check it against", path=what)
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
         os.close(fd)
         digest = hashlib.sha256()
+        alt = hashlib.new(expected.alt[0]) if expected.alt is not None else None
         size = 0
         try:
             async with aiofiles.open(tmp_name, "wb") as out:
@@ -73,16 +77,23 @@ class Pool:
                             f"longer than the {expected.size} bytes the verified metadata declares",
                             path=what)
                     digest.update(chunk)
+                    if alt is not None:
+                        alt.update(chunk)
                     await out.write(chunk)
             if size != expected.size:
                 raise SizeMismatchError(
                     f"got {size} bytes, the verified metadata declares {expected.size}", path=what)
             got = digest.hexdigest()
-            if got != expected.sha256:
+            if expected.sha256 and got != expected.sha256:
                 raise ChecksumMismatchError(f"sha256 {got} does not match the expected {expected.sha256}",
                                             path=what)
+            if alt is not None and expected.alt is not None and alt.hexdigest() != expected.alt[1]:
+                raise ChecksumMismatchError(f"{expected.alt[0]} {alt.hexdigest()} does not match the expected "
+                                            f"{expected.alt[1]}", path=what)
+            final = self.path_for(got)
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
             await aiofiles.os.replace(tmp_name, final)
+            return got
         except OSError as exc:
             raise storage_error(exc, what) from exc
         finally:

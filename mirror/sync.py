@@ -95,27 +95,29 @@ class SyncContext:
     def url(self, path: str) -> str:
         return self.repo.url + path
 
-    async def ingest(self, expected: ExpectedFile) -> bool:
-        """Make `expected` present in the pool; True if it was downloaded."""
-        if expected.sha256 in self.recorded:
-            return False
-        if await asyncio.to_thread(self.store.recorded_blobs, (expected.sha256,)):
-            self.recorded.add(expected.sha256)
-            return False
-        if await asyncio.to_thread(self.pool.adopt, expected):
-            return False
+    async def ingest(self, expected: ExpectedFile) -> str:
+        """Make `expected` present in the pool (fetching it only if the pool lacks it); its sha256."""
+        digest = expected.sha256
+        if digest:
+            if digest in self.recorded:
+                return digest
+            if await asyncio.to_thread(self.store.recorded_blobs, (digest,)):
+                self.recorded.add(digest)
+                return digest
+            if await asyncio.to_thread(self.pool.adopt, expected):
+                return digest
         source = expected.fetch_path or expected.path
 
-        async def attempt() -> None:
+        async def attempt() -> str:
             async with self.semaphore, self.fetcher.open_stream(self.url(source)) as (_length, chunks):
-                await self.pool.ingest(chunks, expected, self.tmp, what=expected.path)
+                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path)
 
         try:
-            await with_retries(attempt, self.fetcher.policy)
+            digest = await with_retries(attempt, self.fetcher.policy)
         except MirrorError as exc:
             raise exc.with_context(repo=self.repo.name, path=expected.path) from None
         self.progress.update(files=1, size=expected.size)
-        return True
+        return digest
 
 
 class RepoFormat(Protocol):

@@ -39,7 +39,7 @@ PREFERENCE: tuple[str, ...] = ("xz", "zst", "gz", "bz2", "lzma", "plain")  # bes
 
 _READ_SIZE = 64 * 1024  # compressed bytes read at a time
 _OUT_CHUNK = 1024 * 1024  # decompressed bytes produced at a time (lzma/bz2/gzip)
-_LZMA_MEMLIMIT = 256 * 1024 * 1024  # xz -9e needs ~65 MiB; refuse headers asking for more
+_LZMA_MEMLIMIT = 128 * 1024 * 1024  # xz -9e needs ~65 MiB; refuse headers asking for more
 _ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB, zstd's default decoder limit, stated explicitly
 # zstandard's decompressobj cannot bound one call's output, so we bound its input: a zstd block
 # (at most 128 KiB of output) takes at least 4 input bytes (RLE block), so feeding 64 bytes at a

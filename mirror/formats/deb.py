@@ -162,7 +162,8 @@ def require_not_expired(release: Release, *, now: datetime, what: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Shared line grammar
 
-# A line that may start a line: empty, continuation, end of data, or a field name and its colon.
+# What may follow a line feed: an empty line, a continuation line, the end of the data, or a
+# field name and its colon (printable ASCII, no colon, not starting with "#").
 _LINE_OK = rb"(?:[ \t\n]|\Z|[!-\"$-9;-~][!-9;-~]*:)"
 _FIRST_LINE_OK_RE = re.compile(_LINE_OK)
 _BAD_LINE_RE = re.compile(rb"\n(?!" + _LINE_OK + rb")")
@@ -404,9 +405,8 @@ def _opt_str(value: str | int | None) -> str | None:
 
 # Only the fields we need, found by one C-level scan per paragraph. A field line is "\n" + name
 # + ":" (the grammar check already refused whitespace before the colon); the value group takes
-# the continuation lines too. Once decoded and stripped, a value still containing "\n" had a
-# continuation line that is not whitespace-only: refused for these single-line fields. (Stripped
-# whitespace-only continuation lines vanish, exactly as python-debian skips them.)
+# the continuation lines too, so that they can be checked: these fields are single-line, and a
+# continuation line that is not whitespace-only (which python-debian would append) is refused.
 _PACKAGES_FIELD_RE = re.compile(
     rb"\n(package|version|architecture|filename|size|sha256|source):([^\n]*(?:\n[ \t][^\n]*)*)",
     re.IGNORECASE,
@@ -450,6 +450,17 @@ def _fold_keys(
             return fields, name
         fields[name] = value
     return fields, None
+
+
+def _drop_blank_continuations(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Single-line fields: drop whitespace-only continuation lines; refuse any other one."""
+    out: dict[bytes, bytes] = {}
+    for key, value in fields.items():
+        first, newline, rest = value.partition(b"\n")
+        if newline and rest.decode().strip():  # python-debian skips str.isspace() lines
+            raise _ParagraphError(f"field {key.decode()} spans several lines")
+        out[key] = first
+    return out
 
 
 class _ParagraphError(Exception):
@@ -498,6 +509,8 @@ def parse_packages(data: bytes, *, what: str) -> list[BinaryPackage]:
                     raw = fields.get(b"Package")
                     name = raw.decode("utf-8", "replace").strip() if raw is not None else None
                     raise _ParagraphError(f"field {repeated.decode()} appears twice")
+            if b"\n" in b"".join(fields.values()):
+                fields = _drop_blank_continuations(fields)
             raw_name = fields.get(b"Package")
             if raw_name is None:
                 raise _ParagraphError("no Package field")
@@ -513,10 +526,6 @@ def parse_packages(data: bytes, *, what: str) -> list[BinaryPackage]:
                 raise _ParagraphError(f"no {missing.args[0].decode()} field") from None
             if not (version and arch and filename):
                 raise _ParagraphError("empty Version, Architecture or Filename field")
-            if "\n" in name or "\n" in version or "\n" in arch or "\n" in filename:
-                raise _ParagraphError(
-                    "Package, Version, Architecture or Filename spans several lines"
-                )
             if not (size_text.isascii() and size_text.isdigit() and len(size_text) <= 20):
                 raise _ParagraphError(f"Size is not a non-negative integer: {size_text!r}")
             raw_sha256 = fields.get(b"SHA256")
@@ -529,7 +538,7 @@ def parse_packages(data: bytes, *, what: str) -> list[BinaryPackage]:
             source: str | None = None
             if raw_source is not None:
                 source = raw_source.decode().strip().split(" ", 1)[0]
-                if not source or "\n" in source:
+                if not source:
                     raise _ParagraphError(f"malformed Source field: {source!r}")
         except _ParagraphError as exc:
             raise _paragraph_error(what, exc.reason, data, parts, index, name) from None
