@@ -36,6 +36,8 @@ class ServerSettings:
     repo_port: int = 80
     api_port: int = 81
     token_file: Path | None = None
+    read_auth: bool = False  # true: read calls of the API need a token too
+    grace_period: float = 3600.0  # seconds a tier keeps answering for the snapshots it served before
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RepoSettings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     tier_signing: str | None = None
+    package_signatures: str = "require"  # RPM: "require" | "ignore"
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
             repo_port=_port(srv, "repo_port", server.repo_port),
             api_port=_port(srv, "api_port", server.api_port),
             token_file=srv.path_value("token_file"),
+            read_auth=srv.get("read_auth", bool, server.read_auth),
+            grace_period=_duration(srv, "grace_period", server.grace_period),
         )
         srv.finish()
 
@@ -260,6 +265,30 @@ def _positive(r: _Reader, key: str, default: int, *, minimum: int = 1) -> int:
     if value < minimum:
         raise r.fail(key, f"must be at least {minimum}")
     return value
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(r: _Reader, key: str, default: float) -> float:
+    """Seconds, given as a number of seconds or a string like "90s", "30m", "1h", "7d"."""
+    r.seen.add(key)
+    if key not in r.data:
+        return default
+    value = r.data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise r.fail(key, "must be a number of seconds or a duration like \"1h\"")
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise r.fail(key, f"{value!r} is not a duration (e.g. \"90s\", \"30m\", \"1h\", \"7d\")")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
+        seconds = float(value)
+    if seconds < 0:
+        raise r.fail(key, "must not be negative")
+    return seconds
 
 
 def _positive_f(r: _Reader, key: str, default: float) -> float:
@@ -317,11 +346,16 @@ def _repo(r: _Reader, *, check_keys: bool) -> RepoSettings:
                      "package filters are not supported by this version yet")
     if tier_signing == "mirror":
         raise r.fail("tier_signing", "\"mirror\" is not supported by this version yet")
+    package_signatures = r.get("package_signatures", str, "require")
+    if package_signatures not in ("require", "ignore"):
+        raise r.fail("package_signatures", f"{package_signatures!r} must be \"require\" or \"ignore\"")
+    if kind == "deb" and "package_signatures" in r.data:
+        raise r.fail("package_signatures", "applies to rpm repos only (APT packages are not signed)")
     r.finish()
     return RepoSettings(
         name=name, type=kind, url=url, keyring=keyring, fingerprints=fingerprints, suites=suites,
         components=components, architectures=architectures, languages=languages, sources=sources,
-        include=include, exclude=exclude, tier_signing=tier_signing,
+        include=include, exclude=exclude, tier_signing=tier_signing, package_signatures=package_signatures,
     )
 
 

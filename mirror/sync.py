@@ -125,6 +125,9 @@ class RepoFormat(Protocol):
 
     async def plan(self, ctx: SyncContext, roots: Sequence[VerifiedRoot]) -> list[Wanted]: ...
 
+    async def verify_fetched(self, ctx: SyncContext, wanted: Sequence[Wanted]) -> None:
+        """Checks that need the package bytes (RPM header signatures); runs before the commit."""
+
 
 @dataclass(frozen=True)
 class SyncResult:
@@ -144,6 +147,10 @@ def format_for(repo: RepoSettings) -> RepoFormat:
         from mirror.trust.apt import AptFormat
 
         return AptFormat()
+    if repo.type == "rpm":
+        from mirror.trust.rpm import RpmFormat
+
+        return RpmFormat()
     raise MirrorError(f"repo type {repo.type!r} is not supported by this version", repo=repo.name)
 
 
@@ -182,10 +189,21 @@ def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: d
         before = previous.get(record.name)
         if allow_rollback or before is None:
             continue
+        if _older_revision(record.revision, before.revision):
+            raise RollbackError(
+                f"rollback refused: revision {record.revision} is older than {before.revision} of the last "
+                "accepted snapshot", repo=ctx.repo.name, path=what)
         if before.date is not None and record.date is not None and record.date < before.date:
             raise RollbackError(
                 f"rollback refused: Date {record.date.isoformat()} is older than "
                 f"{before.date.isoformat()} of the last accepted snapshot", repo=ctx.repo.name, path=what)
+
+
+def _older_revision(new: str | None, old: str | None) -> bool:
+    """Revisions are compared when both are integers (createrepo_c writes a timestamp by default)."""
+    if new is None or old is None or not new.isdigit() or not old.isdigit():
+        return False
+    return int(new) < int(old)
 
 
 async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetcher: Fetcher,
@@ -260,6 +278,8 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
     ctx.progress.files_total += len(packages)
     ctx.progress.bytes_total += sum(w.expected.size for w in packages)
     await fetch_all(ctx, [w.expected for w in packages])
+    ctx.progress.update(phase="checking")
+    await fmt.verify_fetched(ctx, packages)
     for w in wanted:
         e = w.expected
         for path in (e.path, *w.aliases):

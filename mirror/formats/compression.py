@@ -19,13 +19,13 @@ import lzma
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import zstandard
 
 from mirror.errors import MalformedMetadataError, TooLargeError
 
-__all__ = ["PREFERENCE", "SUFFIXES", "decompress_file", "split_variant"]
+__all__ = ["PREFERENCE", "SUFFIXES", "decompress_file", "decompress_to_file", "split_variant"]
 
 SUFFIXES: dict[str, str] = {
     ".xz": "xz",
@@ -154,9 +154,20 @@ _DECODE_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, zst
 
 def decompress_file(src: Path, kind: str, *, cap: int, what: str) -> bytes:
     """The decompressed content of ``src``, at most ``cap`` bytes, complete and checked."""
+    out = io.BytesIO()
+    _decompress_into(src, kind, out, cap=cap, what=what)
+    return out.getvalue()
+
+
+def decompress_to_file(src: Path, kind: str, dst: Path, *, cap: int, what: str) -> None:
+    """Like `decompress_file`, streaming into ``dst`` (bounded memory for large indices)."""
+    with dst.open("wb") as out:
+        _decompress_into(src, kind, out, cap=cap, what=what)
+
+
+def _decompress_into(src: Path, kind: str, out: BinaryIO, *, cap: int, what: str) -> None:
     if kind not in PREFERENCE:
         raise ValueError(f"unknown compression kind {kind!r}")
-    out = io.BytesIO()
     total = 0
 
     def too_large() -> TooLargeError:
@@ -169,7 +180,7 @@ def decompress_file(src: Path, kind: str, *, cap: int, what: str) -> bytes:
                 if total > cap:
                     raise too_large()
                 out.write(chunk)
-            return out.getvalue()
+            return
 
         member: _Member | None = None
         members = 0
@@ -205,7 +216,6 @@ def decompress_file(src: Path, kind: str, *, cap: int, what: str) -> bytes:
             raise MalformedMetadataError(
                 f"{what}: truncated {kind} data (the compressed stream ends before its end marker)"
             )
-    return out.getvalue()
 
 
 def _corrupt(what: str, kind: str, members: int, exc: BaseException) -> MalformedMetadataError:

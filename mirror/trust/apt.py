@@ -79,6 +79,9 @@ class AptFormat:
         record = RootRecord(name=suite, sha256=digest, date=release.date, valid_until=release.valid_until)
         return AptRoot(record=record, files=files, suite=suite, release=release)
 
+    async def verify_fetched(self, ctx: SyncContext, wanted: Sequence[Wanted]) -> None:
+        """APT packages carry no signatures of their own: the chain of digests covers them."""
+
     async def plan(self, ctx: SyncContext, roots: Sequence[VerifiedRoot]) -> list[Wanted]:
         wanted: list[Wanted] = []
         for root in roots:

@@ -1,0 +1,164 @@
+"""Parsing RPM repository metadata (repomd.xml, primary.xml), from verified bytes only.
+
+repomd.xml is small and parsed with the standard library after refusing any DTD (no entities,
+no external references: the billion-laughs and XXE classes are excluded before the parser runs).
+primary.xml is parsed with createrepo_c's streaming parser from a file that was already checked
+against the size and digest repomd gives it; warnings go to a callback and become errors.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.errors import MalformedMetadataError
+
+REPO_NS = "{http://linux.duke.edu/metadata/repo}"
+XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
+_DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+STRONG_CHECKSUMS = ("sha256", "sha512", "sha384", "sha224")
+
+
+@dataclass(frozen=True, slots=True)
+class RepomdRecord:
+    type: str
+    href: str
+    base: str | None  # location xml:base, if any (refused by the chain unless it is the repo itself)
+    checksum_type: str
+    checksum: str
+    size: int | None
+    open_checksum_type: str | None
+    open_checksum: str | None
+    open_size: int | None
+    timestamp: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Repomd:
+    revision: str | None
+    records: tuple[RepomdRecord, ...]
+
+    @property
+    def newest_timestamp(self) -> int | None:
+        stamps = [r.timestamp for r in self.records if r.timestamp is not None]
+        return max(stamps) if stamps else None
+
+    def record(self, kind: str) -> RepomdRecord | None:
+        return next((r for r in self.records if r.type == kind), None)
+
+
+def refuse_dtd(data: bytes, *, what: str) -> None:
+    if _DTD.search(data):
+        raise MalformedMetadataError("XML with a DTD or entity declarations is refused", path=what)
+
+
+def _int(value: str | None, what: str, field: str) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise MalformedMetadataError(f"{field} {value!r} is not an integer", path=what) from None
+    if number < 0:
+        raise MalformedMetadataError(f"{field} {value!r} is negative", path=what)
+    return number
+
+
+def _attr_lower(el: ET.Element | None, name: str) -> str | None:
+    return (el.get(name) or "").lower() if el is not None else None
+
+
+def _text_lower(el: ET.Element | None) -> str | None:
+    return el.text.strip().lower() if el is not None and el.text else None
+
+
+def parse_repomd(payload: bytes, *, what: str) -> Repomd:
+    refuse_dtd(payload, what=what)
+    try:
+        root = ET.fromstring(payload)
+    except ET.ParseError as exc:
+        raise MalformedMetadataError(f"not well-formed XML: {exc}", path=what) from None
+    if root.tag != f"{REPO_NS}repomd":
+        raise MalformedMetadataError(f"root element is {root.tag}, not repomd", path=what)
+    revision_el = root.find(f"{REPO_NS}revision")
+    revision = revision_el.text.strip() if revision_el is not None and revision_el.text else None
+    records: list[RepomdRecord] = []
+    seen: set[str] = set()
+    for data in root.findall(f"{REPO_NS}data"):
+        kind = data.get("type") or ""
+        if not kind or kind in seen:
+            raise MalformedMetadataError(f"data record with missing or duplicate type {kind!r}", path=what)
+        seen.add(kind)
+        location = data.find(f"{REPO_NS}location")
+        checksum = data.find(f"{REPO_NS}checksum")
+        if location is None or not location.get("href") or checksum is None or not checksum.text:
+            raise MalformedMetadataError(f"record {kind!r} lacks a location or checksum", path=what)
+        open_checksum = data.find(f"{REPO_NS}open-checksum")
+        timestamp = data.find(f"{REPO_NS}timestamp")
+        size = data.find(f"{REPO_NS}size")
+        open_size = data.find(f"{REPO_NS}open-size")
+        records.append(RepomdRecord(
+            type=kind, href=location.get("href", ""), base=location.get(XML_BASE) or location.get("base"),
+            checksum_type=(checksum.get("type") or "").lower(), checksum=checksum.text.strip().lower(),
+            size=_int(size.text if size is not None else None, what, f"{kind} size"),
+            open_checksum_type=_attr_lower(open_checksum, "type"),
+            open_checksum=_text_lower(open_checksum),
+            open_size=_int(open_size.text if open_size is not None else None, what, f"{kind} open-size"),
+            timestamp=_int(timestamp.text if timestamp is not None else None, what, f"{kind} timestamp"),
+        ))
+    return Repomd(revision=revision, records=tuple(records))
+
+
+@dataclass(frozen=True, slots=True)
+class RpmPackageEntry:
+    name: str
+    epoch: str
+    version: str
+    release: str
+    arch: str
+    href: str
+    base: str | None
+    size: int
+    checksum_type: str
+    checksum: str
+
+    @property
+    def evr(self) -> str:
+        evr = f"{self.version}-{self.release}"
+        return f"{self.epoch}:{evr}" if self.epoch not in ("", "0") else evr
+
+
+def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
+    """Blocking: stream-parse an uncompressed (or compressed) primary.xml already verified."""
+    import createrepo_c as cr
+
+    with path.open("rb") as f:
+        refuse_dtd(f.read(4096), what=what)
+    out: list[RpmPackageEntry] = []
+    warnings: list[str] = []
+
+    def pkgcb(pkg: cr.Package) -> bool:
+        out.append(RpmPackageEntry(
+            name=pkg.name or "", epoch=pkg.epoch or "0", version=pkg.version or "", release=pkg.release or "",
+            arch=pkg.arch or "", href=pkg.location_href or "", base=pkg.location_base or None,
+            size=int(pkg.size_package or 0), checksum_type=(pkg.checksum_type or "").lower(),
+            checksum=(pkg.pkgId or "").lower()))
+        return True
+
+    def warningcb(kind: int, message: str) -> bool:
+        warnings.append(message)
+        return True
+
+    try:
+        cr.xml_parse_primary(str(path), pkgcb=pkgcb, do_files=False, warningcb=warningcb)
+    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
+        raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
+    if warnings:
+        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
+    for p in out:
+        if not (p.name and p.version and p.arch and p.href and p.checksum):
+            raise MalformedMetadataError(f"package entry {p.name!r} lacks name, version, arch, location "
+                                         "or checksum", path=what)
+    return out
