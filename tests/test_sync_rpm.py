@@ -285,3 +285,33 @@ def test_dnf_makecache_and_install_from_the_mirror(setup: Setup, tmp_path: Path,
         wrong = DnfClient(tmp_path / "dnf-wrong")
         wrong.configure("mirror", f"{url}/dev/repo/", export_key(other_key, tmp_path / "other.asc"))
         assert wrong.makecache().returncode != 0
+
+
+def test_mixed_deb_and_rpm_repos_sync_in_parallel_and_fail_independently(
+        setup: Setup, tmp_path: Path, archive_key: SigningKey) -> None:
+    from fixtures.apt_repo import AptRepo, DebPackage
+
+    apt = AptRepo(tmp_path / "apt-upstream", archive_key)
+    apt.add(DebPackage("hello", "1.0-1"))
+    apt.publish(keep_plain_on_disk=False)
+    keyring = archive_key.write_public(tmp_path / "k.asc")
+    with UpstreamServer(apt.root) as apt_server:
+        mirror = write_rpm_config(tmp_path / "mixed", setup.server.url, keyring, extra_repo=f"""
+[[repos]]
+name = "debs"
+type = "deb"
+url = "{apt_server.url}"
+suites = ["stable"]
+keyring = "{keyring}"
+
+[[repos]]
+name = "broken-rpm"
+type = "rpm"
+url = "{setup.server.url}/missing/"
+keyring = "{keyring}"
+""")
+        out = mirror.cli("sync")
+    lines = sorted(out.stdout.splitlines())
+    assert out.returncode == 1, out
+    assert lines[0].startswith("broken-rpm: error: ") and "repodata/repomd.xml" in lines[0]
+    assert lines[1].startswith("debs: 2") and lines[2].startswith("repo: 2"), lines
