@@ -37,11 +37,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiers", help="which snapshot each tier serves, per repo")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--at", metavar="TIME",
+                   help="what each tier served at TIME (ISO 8601 or YYYYMMDDTHHMMSSZ)")
+
+    p = sub.add_parser("promote", help="point a tier at what another tier serves, or at a snapshot")
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("--to", required=True, metavar="TIER", help="the tier to move")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="from_tier", metavar="TIER", help="promote what this tier serves")
+    source.add_argument("--snapshot", metavar="ID", help="promote this snapshot")
+    p.add_argument("--force", action="store_true",
+                   help="override the tier policy (e.g. skipping a tier); recorded as forced")
+    p.add_argument("--reason", metavar="R", help="why (kept in the history)")
+    p.add_argument("--expect", metavar="ID",
+                   help="compare-and-swap: refuse unless TIER serves ID now (\"none\": nothing)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("rollback", help="point a tier back at what it served before its last move")
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("tier", metavar="TIER")
+    p.add_argument("--reason", metavar="R", help="why (kept in the history)")
+    p.add_argument("--expect", metavar="ID", help="compare-and-swap: refuse unless TIER serves ID now")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("history", help="a repo's tier moves, newest first")
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("--tier", metavar="T", help="only this tier's moves")
+    p.add_argument("--at", metavar="TIME", help="only moves made at or before TIME")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N moves")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("verify", help="re-hash every stored file against its recorded digest")
     p.add_argument("repo", nargs="?", metavar="REPO")
 
-    sub.add_parser("serve", help="serve the repositories on repo_port")
+    sub.add_parser("serve", help="serve the repositories on repo_port and the API on api_port")
     sub.add_parser("check-config", help="validate the configuration and exit")
     return parser
 
@@ -65,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _store(settings: Settings) -> Any:
     from mirror.store import Store
 
-    return Store(settings.storage.root / "state.db")
+    return Store(settings.storage.root / "state.db", actor=_actor())
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
@@ -108,16 +137,29 @@ def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tiers(settings: Settings) -> Any:
+    from mirror.tiers import Tiers
+
+    return Tiers(_store(settings), settings.tiers)
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER
+        import os
+
+        return f"uid:{os.getuid()}"
+
+
 def cmd_tiers(settings: Settings, args: argparse.Namespace) -> int:
-    store = _store(settings)
-    out: dict[str, dict[str, dict[str, str | None]]] = {}
-    for repo in settings.repos:
-        states = store.tiers(repo.name)
-        out[repo.name] = {}
-        for tier in settings.tiers:
-            st = states.get(tier)
-            out[repo.name][tier] = {"snapshot": st.snapshot if st else None,
-                                    "since": st.since.isoformat() if st else None}
+    from mirror.tiers import parse_moment
+    from mirror.web.api import tiers_document
+
+    moment = parse_moment(args.at) if args.at else None
+    out: dict[str, dict[str, dict[str, str | None]]] = tiers_document(settings, _tiers(settings), moment)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -125,6 +167,69 @@ def cmd_tiers(settings: Settings, args: argparse.Namespace) -> int:
     for repo_name, tiers in out.items():
         for tier, st in tiers.items():
             print(f"{repo_name:<20} {tier:<8} {st['snapshot'] or '-':<18} {st['since'] or '-'}")
+    return 0
+
+
+def _expectation(value: str | None) -> Any:
+    from mirror.tiers import UNSET
+
+    if value is None:
+        return UNSET
+    return None if value.lower() == "none" else value
+
+
+def _print_move(result: Any, as_json: bool) -> None:
+    from mirror.web.api import move_result_json
+
+    if as_json:
+        print(json.dumps(move_result_json(result), indent=2))
+    elif result.move is None:
+        print(f"{result.repo} {result.tier}: already serves {result.snapshot}, unchanged")
+    else:
+        move = result.move
+        forced = " (forced)" if move.forced else ""
+        print(f"{move.repo} {move.tier}: {move.from_snapshot or '-'} -> {move.to_snapshot}{forced}")
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    settings.repo(args.repo)
+    result = _tiers(settings).promote(args.repo, args.to, from_tier=args.from_tier, snapshot=args.snapshot,
+                                      actor=_actor(), reason=args.reason, force=args.force,
+                                      expected=_expectation(args.expect))
+    _print_move(result, args.json)
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    settings.repo(args.repo)
+    result = _tiers(settings).rollback(args.repo, args.tier, actor=_actor(), reason=args.reason,
+                                       expected=_expectation(args.expect))
+    _print_move(result, args.json)
+    return 0
+
+
+def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from mirror.tiers import parse_moment
+    from mirror.web.api import history_document
+
+    settings.repo(args.repo)
+    tiers = _tiers(settings)
+    moment = parse_moment(args.at) if args.at else None
+    if args.limit is not None and args.limit < 1:
+        from mirror.errors import InvalidRequestError
+
+        raise InvalidRequestError("--limit must be at least 1")
+    if args.json:
+        print(json.dumps(history_document(tiers, args.repo, tier=args.tier, moment=moment, limit=args.limit),
+                         indent=2))
+        return 0
+    moves = tiers.history(args.repo, tier=args.tier, until=moment, limit=args.limit)
+    print(f"{'ID':>5}  {'AT':<20} {'TIER':<8} {'ACTION':<8} {'FROM':<17}    {'TO':<17} {'ACTOR':<12} REASON")
+    for m in moves:
+        at = m.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        flag = " [forced]" if m.forced else ""
+        print(f"{m.id:>5}  {at:<20} {m.tier:<8} {m.action:<8} {m.from_snapshot or '-':<17} -> "
+              f"{m.to_snapshot or '-':<17} {m.actor:<12} {m.reason or ''}{flag}")
     return 0
 
 
@@ -150,12 +255,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.server.token_file is not None:
+        from mirror.tokens import parse_token_file
+
+        parse_token_file(settings.server.token_file)
     print(f"{settings.source}: ok ({len(settings.repos)} repos, tiers {', '.join(settings.tiers)})")
     return 0
 
 
-COMMANDS = {"sync": cmd_sync, "snapshots": cmd_snapshots, "tiers": cmd_tiers, "verify": cmd_verify,
-            "serve": cmd_serve, "check-config": cmd_check_config}
+COMMANDS = {"sync": cmd_sync, "snapshots": cmd_snapshots, "tiers": cmd_tiers, "promote": cmd_promote,
+            "rollback": cmd_rollback, "history": cmd_history, "verify": cmd_verify, "serve": cmd_serve,
+            "check-config": cmd_check_config}
 
 
 def _size(n: int) -> str:

@@ -138,3 +138,68 @@ class NotFoundError(MirrorError):
 
     code = "not_found"
     http_status = 404
+
+
+class InvalidRequestError(MirrorError):
+    """A request (CLI arguments or an API call) is malformed: a bad time, a missing field."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class UnauthorizedError(MirrorError):
+    """No valid API token: missing, malformed or unknown (never says which token was close)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimitedError(MirrorError):
+    """Too many failed authentication attempts from one client address."""
+
+    code = "rate_limited"
+    http_status = 429
+
+
+class UnsupportedMediaTypeError(MirrorError):
+    """A mutating API call without a JSON body (a cross-site form post cannot send one)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class MethodNotAllowedError(MirrorError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class NotImplementedYetError(MirrorError):
+    """An endpoint the contract names that this version does not provide yet."""
+
+    code = "not_implemented"
+    http_status = 501
+
+
+class TierChangedError(ConflictError):
+    """Compare-and-swap failed: the tier no longer serves the snapshot the caller expected."""
+
+    code = "tier_changed"
+
+
+class NothingToRollBackError(ConflictError):
+    """The tier served nothing before its last move (or never moved)."""
+
+    code = "nothing_to_roll_back"
+
+
+class SnapshotNotVerifiedError(ConflictError):
+    """Only a complete, verified snapshot can be served by a tier."""
+
+    code = "snapshot_not_verified"
+
+
+class PolicyError(MirrorError):
+    """A move the tier policy refuses unless forced; the message says why and how to force."""
+
+    code = "policy_refused"
+    http_status = 422

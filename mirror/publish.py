@@ -2,41 +2,83 @@
 
 Tier pointers live in the state database; a promotion is one row update there, so the served
 view switches atomically. The catalog caches manifests (immutable per snapshot) and reloads
-tier pointers whenever another process commits (SQLite's `data_version`).
+tier pointers and recent tier history whenever anyone commits (`Store.change_marker`).
+
+No broken client during a move: a client that read InRelease (or repomd.xml) from the snapshot
+a tier served before a move goes on asking for that snapshot's index files (often by hash) and
+packages. Under a tier's path, a file the current snapshot lacks is therefore looked up in the
+snapshots the tier served within the grace window (newest first): those named by the `from`
+side of the tier's moves made within the window. The current snapshot always wins, so a path
+only ever resolves to bytes some verified snapshot of that tier listed under that very path.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from mirror.model import ManifestEntry
+from mirror.model import ManifestEntry, utcnow
 from mirror.pool import Pool
 from mirror.store import Store
 
 MANIFEST_CACHE = 16
 
 
-class StoreCatalog:
-    """The `mirror.web.repo.Catalog` the server resolves requests through."""
+@dataclass(frozen=True)
+class _Recent:
+    """A snapshot a tier served until `until` (newest first in a tier's list)."""
 
-    def __init__(self, store: Store, pool: Pool, public_key: Path | None = None) -> None:
+    snapshot: str
+    until: datetime
+
+
+@dataclass(frozen=True)
+class _View:
+    """Per data version: every tier's pointer and the snapshots it left recently."""
+
+    pointers: dict[tuple[str, str], str]
+    recent: dict[tuple[str, str], tuple[_Recent, ...]]
+
+
+class StoreCatalog:
+    """The `mirror.web.repo.Catalog` the server resolves requests through.
+
+    `grace` is how long after a move a tier still answers for the snapshots it served before;
+    `clock` is injectable for tests."""
+
+    def __init__(self, store: Store, pool: Pool, public_key: Path | None = None, *,
+                 grace: timedelta = timedelta(hours=1),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.store = store
         self.pool = pool
         self.public_key = public_key
+        self.grace = grace
+        self.clock = clock
         self._lock = threading.Lock()
-        self._version = -1
-        self._tiers: dict[tuple[str, str], str] = {}
+        self._version: tuple[int, int] | None = None
+        self._view = _View({}, {})
         self._manifests: OrderedDict[tuple[str, str], dict[str, ManifestEntry]] = OrderedDict()
 
-    def _pointers(self) -> dict[tuple[str, str], str]:
+    def _current_view(self) -> _View:
         with self._lock:
-            version = self.store.data_version()
+            version = self.store.change_marker()
             if version != self._version:
-                self._tiers = self.store.all_tier_pointers()
+                pointers = self.store.all_tier_pointers()
+                recent: dict[tuple[str, str], list[_Recent]] = {}
+                if self.grace > timedelta(0):
+                    # Moves are newest first; entries older than the window only get older, so
+                    # the list is filtered again by time at lookup and never needs a reload.
+                    for move in self.store.moves_since(self.clock() - self.grace):
+                        if move.from_snapshot is not None:
+                            recent.setdefault((move.repo, move.tier), []).append(
+                                _Recent(move.from_snapshot, move.at))
+                self._view = _View(pointers, {k: tuple(v) for k, v in recent.items()})
                 self._version = version
-            return self._tiers
+            return self._view
 
     def _manifest(self, repo: str, snapshot: str) -> dict[str, ManifestEntry] | None:
         key = (repo, snapshot)
@@ -55,8 +97,33 @@ class StoreCatalog:
         return manifest
 
     def lookup_tier(self, tier: str, repo: str, path: str) -> ManifestEntry | None:
-        snapshot = self._pointers().get((repo, tier))
-        return self.lookup_snapshot(repo, snapshot, path) if snapshot else None
+        view = self._current_view()
+        key = (repo, tier)
+        snapshot = view.pointers.get(key)
+        if snapshot is not None and (entry := self.lookup_snapshot(repo, snapshot, path)) is not None:
+            return entry
+        recent = view.recent.get(key)
+        if not recent:
+            return None
+        horizon = self.clock() - self.grace
+        for served in recent:
+            if served.until < horizon:
+                break
+            if served.snapshot != snapshot and (
+                    entry := self.lookup_snapshot(repo, served.snapshot, path)) is not None:
+                return entry
+        return None
+
+    def grace_snapshots(self, repo: str, tier: str) -> list[str]:
+        """The snapshots other than the current one that `tier` still answers for, newest first."""
+        view = self._current_view()
+        current = view.pointers.get((repo, tier))
+        horizon = self.clock() - self.grace
+        seen: list[str] = []
+        for served in view.recent.get((repo, tier), ()):
+            if served.until >= horizon and served.snapshot != current and served.snapshot not in seen:
+                seen.append(served.snapshot)
+        return seen
 
     def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None:
         manifest = self._manifest(repo, snapshot)

@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mirror.errors import ConflictError, NotFoundError, StorageError
+from mirror.errors import NotFoundError, StorageError
 from mirror.model import (
     EntryKind,
     ManifestEntry,
@@ -60,6 +60,13 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             outcome TEXT NOT NULL, snapshot TEXT, error_code TEXT, message TEXT,
             files INTEGER NOT NULL DEFAULT 0, bytes BIGINT NOT NULL DEFAULT 0)""",
     )),
+    (2, "tier history by time; who started a sync run", (
+        # "what did each tier serve at T" and "what did a tier serve within the grace window"
+        "CREATE INDEX tier_moves_repo_at ON tier_moves (repo, at)",
+        "CREATE INDEX tier_moves_at ON tier_moves (at)",
+        "ALTER TABLE sync_runs ADD COLUMN actor TEXT",
+        "CREATE INDEX sync_runs_repo ON sync_runs (repo, id)",
+    )),
 )
 
 
@@ -90,6 +97,47 @@ class TierState:
 
 
 @dataclass(frozen=True)
+class TierMove:
+    """One row of a tier's history: who pointed `tier` of `repo` from what to what, when and why."""
+
+    id: int
+    repo: str
+    tier: str
+    at: datetime
+    from_snapshot: str | None
+    to_snapshot: str | None
+    actor: str
+    reason: str | None
+    forced: bool
+    action: str  # "sync" | "promote" | "rollback"
+
+
+@dataclass(frozen=True)
+class ServedSnapshot:
+    """What a tier points at, for the metrics: the snapshot's age and its roots' Valid-Until."""
+
+    repo: str
+    tier: str
+    snapshot: str
+    since: datetime
+    created: datetime
+    valid_until: datetime | None
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """Per repo, aggregated over the recorded sync runs (for the metrics)."""
+
+    repo: str
+    last_success: datetime | None
+    last_duration: float | None
+    files: int
+    bytes: int
+    failures: dict[str, int]
+    running: int
+
+
+@dataclass(frozen=True)
 class SyncRunRecord:
     id: int
     repo: str
@@ -101,6 +149,7 @@ class SyncRunRecord:
     message: str | None
     files: int
     bytes: int
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,10 +164,29 @@ class NewSnapshot:
     sync_run: int | None = None
 
 
+_MOVE_COLUMNS = "id, repo, tier, at, from_snapshot, to_snapshot, actor, reason, forced, action"
+
+
+def _move(r: Sequence[Any]) -> TierMove:
+    return TierMove(id=r[0], repo=r[1], tier=r[2], at=datetime.fromisoformat(r[3]), from_snapshot=r[4],
+                    to_snapshot=r[5], actor=r[6], reason=r[7], forced=bool(r[8]), action=r[9])
+
+
+def _utc_text(moment: datetime) -> str:
+    """A time as stored (ISO 8601, UTC): stored times compare as text."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    """The state database. `actor` is who this connection acts for (recorded on sync runs)."""
+
+    def __init__(self, path: Path, *, actor: str | None = None) -> None:
         self.path = path
+        self.actor = actor
         self.lock = threading.RLock()
+        self._commits = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -146,6 +214,7 @@ class Store:
                 raise
             else:
                 self.db.execute("COMMIT")
+                self._commits += 1
 
     def migrate(self) -> None:
         with self.transaction() as db:
@@ -169,6 +238,16 @@ class Store:
     def data_version(self) -> int:
         """Changes whenever another connection commits: cheap cache invalidation for the server."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    @_locked
+    def change_marker(self) -> tuple[int, int]:
+        """Changes whenever anyone commits: another connection (data_version) or this one."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0]), self._commits
+
+    @_locked
+    def ping(self) -> None:
+        """A cheap read, for health checks."""
+        self.db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()
 
     # -- blobs ----------------------------------------------------------------------------
 
@@ -251,6 +330,13 @@ class Store:
                 for r in rows]
 
     @_locked
+    def snapshot_state(self, repo: str, snapshot: str) -> str | None:
+        """"verified" for a complete snapshot; None when there is no such snapshot."""
+        row = self.db.execute("SELECT state FROM snapshots WHERE repo = ? AND id = ?",
+                              (repo, snapshot)).fetchone()
+        return row[0] if row else None
+
+    @_locked
     def has_snapshot(self, repo: str, snapshot: str) -> bool:
         return self.db.execute("SELECT 1 FROM snapshots WHERE repo = ? AND id = ?",
                                (repo, snapshot)).fetchone() is not None
@@ -303,8 +389,87 @@ class Store:
         return {(r[0], r[1]): r[2] for r in self.db.execute(
             "SELECT repo, tier, snapshot FROM tiers WHERE snapshot IS NOT NULL")}
 
+    @_locked
+    def tier_snapshot(self, repo: str, tier: str) -> str | None:
+        row = self.db.execute("SELECT snapshot FROM tiers WHERE repo = ? AND tier = ?",
+                              (repo, tier)).fetchone()
+        return row[0] if row else None
+
+    @_locked
+    def tier_has_served(self, repo: str, tier: str, snapshot: str) -> bool:
+        """Whether `tier` of `repo` ever pointed at `snapshot` (by sync, promotion or rollback)."""
+        return self.db.execute(
+            "SELECT 1 FROM tier_moves WHERE repo = ? AND tier = ? AND to_snapshot = ? LIMIT 1",
+            (repo, tier, snapshot)).fetchone() is not None
+
+    @_locked
+    def last_move(self, repo: str, tier: str) -> TierMove | None:
+        row = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM tier_moves WHERE repo = ? AND tier = ? "
+                              "ORDER BY id DESC LIMIT 1", (repo, tier)).fetchone()
+        return _move(row) if row else None
+
+    @_locked
+    def moves(self, repo: str, *, tier: str | None = None, until: datetime | None = None,
+              limit: int | None = None) -> list[TierMove]:
+        """A repo's tier history, newest first; `until`: only moves made at or before then."""
+        query = f"SELECT {_MOVE_COLUMNS} FROM tier_moves WHERE repo = ?"
+        args: list[object] = [repo]
+        if tier is not None:
+            query += " AND tier = ?"
+            args.append(tier)
+        if until is not None:
+            query += " AND at <= ?"
+            args.append(_utc_text(until))
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        return [_move(r) for r in self.db.execute(query, args)]
+
+    @_locked
+    def tiers_at(self, repo: str, moment: datetime) -> dict[str, TierMove]:
+        """tier -> the move that set what it served at `moment` (tiers not yet set are absent)."""
+        rows = self.db.execute(
+            f"SELECT {_MOVE_COLUMNS} FROM tier_moves WHERE id IN ("
+            "SELECT MAX(id) FROM tier_moves WHERE repo = ? AND at <= ? GROUP BY tier)",
+            (repo, _utc_text(moment)))
+        return {m.tier: m for m in map(_move, rows)}
+
+    @_locked
+    def moves_since(self, since: datetime) -> list[TierMove]:
+        """Every move made at or after `since`, all repos, newest first.
+
+        A move's `from_snapshot` was served by its tier until the move's `at`: these are the
+        snapshots the repo port keeps answering for within the grace window (and that gc must
+        keep for as long)."""
+        rows = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM tier_moves WHERE at >= ? ORDER BY id DESC",
+                               (_utc_text(since),))
+        return [_move(r) for r in rows]
+
+    def record_move(self, repo: str, tier: str, snapshot: str, *, actor: str, reason: str | None,
+                    action: str, forced: bool = False, now: datetime | None = None) -> TierMove:
+        """Point `tier` at `snapshot` and append the history row. Call inside `transaction()`."""
+        if not self.db.in_transaction:
+            raise StorageError("record_move outside a transaction")
+        moment = now or utcnow()
+        move_id = self._move_tier(repo, tier, snapshot, actor=actor, reason=reason, action=action,
+                                  now=moment, forced=forced)
+        row = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM tier_moves WHERE id = ?", (move_id,)).fetchone()
+        return _move(row)
+
+    @_locked
+    def served_snapshots(self) -> list[ServedSnapshot]:
+        """Every tier pointer with its snapshot's creation time and earliest root Valid-Until."""
+        rows = self.db.execute(
+            "SELECT t.repo, t.tier, t.snapshot, t.since, s.created, "
+            "(SELECT MIN(r.valid_until) FROM snapshot_roots r "
+            " WHERE r.repo = t.repo AND r.snapshot = t.snapshot) "
+            "FROM tiers t JOIN snapshots s ON s.repo = t.repo AND s.id = t.snapshot")
+        return [ServedSnapshot(repo=r[0], tier=r[1], snapshot=r[2], since=datetime.fromisoformat(r[3]),
+                               created=datetime.fromisoformat(r[4]), valid_until=_dt(r[5])) for r in rows]
+
     def _move_tier(self, repo: str, tier: str, snapshot: str | None, *, actor: str, reason: str | None,
-                   action: str, now: datetime, forced: bool = False) -> None:
+                   action: str, now: datetime, forced: bool = False) -> int:
         row = self.db.execute("SELECT snapshot FROM tiers WHERE repo = ? AND tier = ?",
                               (repo, tier)).fetchone()
         previous = row[0] if row else None
@@ -316,31 +481,18 @@ class Store:
             self.db.execute("UPDATE tiers SET snapshot = ?, since = ? WHERE repo = ? AND tier = ?",
                             (snapshot, _iso(now), repo, tier))
         next_id = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tier_moves").fetchone()[0]
-        self.db.execute("INSERT INTO tier_moves VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (next_id, repo, tier, _iso(now), previous, snapshot, actor, reason, int(forced),
+        self.db.execute(f"INSERT INTO tier_moves ({_MOVE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (next_id, repo, tier, _utc_text(now), previous, snapshot, actor, reason, int(forced),
                          action))
-
-    def move_tier(self, repo: str, tier: str, snapshot: str, *, actor: str, reason: str | None = None,
-                  action: str = "promote", expected: str | None = None, check_expected: bool = False,
-                  forced: bool = False) -> None:
-        with self.transaction():
-            if check_expected:
-                row = self.db.execute("SELECT snapshot FROM tiers WHERE repo = ? AND tier = ?",
-                                      (repo, tier)).fetchone()
-                current = row[0] if row else None
-                if current != expected:
-                    raise ConflictError(f"tier {tier} of {repo} now serves {current}, not {expected}",
-                                        repo=repo)
-            self._move_tier(repo, tier, snapshot, actor=actor, reason=reason, action=action,
-                            now=utcnow(), forced=forced)
+        return int(next_id)
 
     # -- sync runs ------------------------------------------------------------------------
 
     def start_sync_run(self, repo: str) -> int:
         with self.transaction() as db:
             run_id = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM sync_runs").fetchone()[0])
-            db.execute("INSERT INTO sync_runs (id, repo, started, outcome) VALUES (?, ?, ?, 'running')",
-                       (run_id, repo, _iso(utcnow())))
+            db.execute("INSERT INTO sync_runs (id, repo, started, outcome, actor) "
+                       "VALUES (?, ?, ?, 'running', ?)", (run_id, repo, _iso(utcnow()), self.actor))
         return run_id
 
     def finish_sync_run(self, run_id: int, outcome: str, *, snapshot: str | None = None,
@@ -351,10 +503,42 @@ class Store:
                        "message = ?, files = ?, bytes = ? WHERE id = ?",
                        (_iso(utcnow()), outcome, snapshot, error_code, message, files, size, run_id))
 
+    def interrupt_running_runs(self, repo: str, message: str) -> int:
+        """Close the runs of `repo` left "running" by a sync that was cancelled (server shutdown)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE sync_runs SET finished = ?, outcome = 'failed', error_code = 'interrupted', "
+                "message = ? WHERE repo = ? AND outcome = 'running'", (_iso(utcnow()), message, repo))
+            return int(cursor.rowcount)
+
+    @_locked
+    def sync_stats(self) -> list[SyncStats]:
+        """Per repo: last success, last duration, files and bytes fetched, failures by error code."""
+        stats: dict[str, dict[str, Any]] = {}
+        for repo, files, size, running in self.db.execute(
+                "SELECT repo, COALESCE(SUM(files), 0), COALESCE(SUM(bytes), 0), "
+                "SUM(CASE WHEN outcome = 'running' THEN 1 ELSE 0 END) FROM sync_runs GROUP BY repo"):
+            stats[repo] = {"files": int(files), "bytes": int(size), "running": int(running or 0),
+                           "last_success": None, "last_duration": None, "failures": {}}
+        for repo, finished in self.db.execute(
+                "SELECT repo, MAX(finished) FROM sync_runs WHERE outcome IN ('snapshot', 'unchanged') "
+                "GROUP BY repo"):
+            stats[repo]["last_success"] = _dt(finished)
+        for _id, repo, started, finished in self.db.execute(
+                "SELECT id, repo, started, finished FROM sync_runs WHERE id IN ("
+                "SELECT MAX(id) FROM sync_runs WHERE finished IS NOT NULL GROUP BY repo)"):
+            stats[repo]["last_duration"] = (datetime.fromisoformat(finished)
+                                            - datetime.fromisoformat(started)).total_seconds()
+        for repo, code, count in self.db.execute(
+                "SELECT repo, COALESCE(error_code, 'unknown'), COUNT(*) FROM sync_runs "
+                "WHERE outcome = 'failed' GROUP BY repo, COALESCE(error_code, 'unknown')"):
+            stats[repo]["failures"][code] = int(count)
+        return [SyncStats(repo=repo, **values) for repo, values in sorted(stats.items())]
+
     @_locked
     def sync_runs(self, repo: str | None = None, limit: int = 100) -> list[SyncRunRecord]:
-        query = "SELECT id, repo, started, finished, outcome, snapshot, error_code, message, files, bytes " \
-                "FROM sync_runs"
+        query = "SELECT id, repo, started, finished, outcome, snapshot, error_code, message, files, bytes, " \
+                "actor FROM sync_runs"
         args: tuple[object, ...] = ()
         if repo is not None:
             query += " WHERE repo = ?"
@@ -363,4 +547,4 @@ class Store:
         rows = self.db.execute(query, (*args, limit))
         return [SyncRunRecord(id=r[0], repo=r[1], started=datetime.fromisoformat(r[2]), finished=_dt(r[3]),
                               outcome=r[4], snapshot=r[5], error_code=r[6], message=r[7], files=r[8],
-                              bytes=r[9]) for r in rows]
+                              bytes=r[9], actor=r[10]) for r in rows]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -12,11 +14,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from mirror.config import Settings, load
+from mirror.model import EntryKind, ManifestEntry, PackageKey, RootRecord, utcnow
 from mirror.pool import Pool
-from mirror.store import Store
+from mirror.store import NewSnapshot, Store
 from mirror.sync import SyncResult, sync_repos
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -117,7 +122,8 @@ def free_port() -> int:
 
 
 def write_config(root: Path, url: str, keyring: Path, *, name: str = "repo", suites: str = '["stable"]',
-                 extra_repo: str = "", extra_top: str = "", retries: int = 2) -> Mirror:
+                 extra_repo: str = "", extra_top: str = "", retries: int = 2,
+                 extra_server: str = "") -> Mirror:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "mirror.toml"
     config.write_text(f"""
@@ -129,6 +135,7 @@ root = "var"
 bind = "127.0.0.1"
 repo_port = {free_port()}
 api_port = {free_port()}
+{extra_server}
 
 [sync]
 max_parallel_downloads = 4
@@ -148,3 +155,149 @@ keyring = "{keyring}"
 """)
     os.environ.pop("MIRROR_CONFIG", None)
     return Mirror(root=root, config=config)
+
+
+# -- tiers, API and serving both ports ----------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """A running `mirror serve`: both ports."""
+
+    repo_url: str
+    api_url: str
+    proc: subprocess.Popen[str]
+
+
+@contextlib.contextmanager
+def serve_both(mirror: Mirror, *, timeout: float = 20) -> Iterator[Served]:
+    """`mirror serve` as a real subprocess, both ports up (the API's /healthz answers 200)."""
+    settings = mirror.settings
+    repo_url = f"http://127.0.0.1:{settings.server.repo_port}"
+    api_url = f"http://127.0.0.1:{settings.server.api_port}"
+    proc = subprocess.Popen([sys.executable, "-m", "mirror.cli", "-c", str(mirror.config), "serve"],
+                            cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api_url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = proc.stdout.read() if proc.stdout else ""
+                raise RuntimeError(f"mirror serve did not start: {out}")
+            time.sleep(0.1)
+        yield Served(repo_url, api_url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, *, body: Any = None, token: str | None = None, raw: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+    """One HTTP request with urllib; never raises for an HTTP status. `body` is sent as JSON."""
+    sent = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return Reply(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
+
+
+def write_tokens(path: Path, tokens: dict[str, str]) -> Path:
+    """A token file (NAME:TOKEN lines) with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}:{token}\n" for name, token in tokens.items()))
+    path.chmod(0o600)
+    return path
+
+
+def seed_snapshot(store: Store, pool: Pool, repo: str, files: dict[str, bytes], *, first_tier: str = "dev",
+                  valid_until: datetime | None = None) -> str:
+    """A synthetic verified snapshot of `files` (path -> bytes; *.deb count as packages), its blobs
+    written into the pool, committed like a sync does (the first tier points at it)."""
+    entries = []
+    for path, data in sorted(files.items()):
+        digest = hashlib.sha256(data).hexdigest()
+        blob = pool.path_for(digest)
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+        if path.endswith(".deb"):
+            name, version, arch = Path(path).stem.split("_")
+            entries.append(ManifestEntry(path, digest, len(data), EntryKind.PACKAGE,
+                                         PackageKey(name, arch, version)))
+        else:
+            kind = EntryKind.ROOT if path.endswith("InRelease") else EntryKind.INDEX
+            entries.append(ManifestEntry(path, digest, len(data), kind))
+    inrelease = files.get("dists/stable/InRelease", b"")
+    root = RootRecord(name="stable", sha256=hashlib.sha256(inrelease).hexdigest(), date=utcnow(),
+                      valid_until=valid_until)
+    new = NewSnapshot(repo=repo, signed_by="upstream", plan_key="seed", roots=[root], entries=entries)
+    return store.commit_snapshot(new, first_tier)
+
+
+@contextlib.contextmanager
+def app_in_thread(app: Any) -> Iterator[str]:
+    """Serve an aiohttp application on 127.0.0.1 (ephemeral port) from a background thread."""
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def start() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["runner"] = runner
+        box["port"] = runner.addresses[0][1]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(box["runner"].cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not started.wait(10):
+        raise RuntimeError("app did not start")
+    try:
+        yield f"http://127.0.0.1:{box['port']}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

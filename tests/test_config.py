@@ -70,6 +70,10 @@ def test_valid_config_loads_with_defaults_and_relative_paths(confdir: Path) -> N
     (GOOD_REPO + 'tier_signing = "vendor"\n', "repos[0].tier_signing", "must be"),
     ("[signing]\nkey = \"x\"\n" + GOOD_REPO, "signing.gnupghome", "is required"),
     ("tiers = [\n", "", "not valid TOML"),
+    ('[server]\ngrace_period = "1 fortnight"\n' + GOOD_REPO, "server.grace_period", "not a duration"),
+    ("[server]\ngrace_period = -1\n" + GOOD_REPO, "server.grace_period", "must not be negative"),
+    ("[server]\ngrace_period = true\n" + GOOD_REPO, "server.grace_period", "number of seconds"),
+    ('[server]\nread_auth = "yes"\n' + GOOD_REPO, "server.read_auth", "true or false"),
 ])
 def test_config_mistake_is_refused_with_key_path(confdir: Path, text: str, key_path: str,
                                                  reason: str) -> None:
@@ -90,3 +94,18 @@ def test_missing_config_file_is_refused(tmp_path: Path) -> None:
 def test_pinned_fingerprint_must_be_in_keyring(confdir: Path, archive_key: SigningKey) -> None:
     settings = load(write(confdir, GOOD_REPO + f'fingerprints = ["{archive_key.fingerprint.lower()}"]\n'))
     assert settings.repo("bookworm").fingerprints == (archive_key.fingerprint,)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ('"1h"', 3600.0), ('"30m"', 1800.0), ('"90s"', 90.0), ('"2d"', 172800.0), ("600", 600.0), ("0", 0.0),
+    ("2.5", 2.5), ('"45"', 45.0),
+])
+def test_grace_period_takes_seconds_or_a_duration(confdir: Path, value: str, seconds: float) -> None:
+    settings = load(write(confdir, f"[server]\ngrace_period = {value}\nread_auth = true\n" + GOOD_REPO))
+    assert settings.server.grace_period == seconds
+    assert settings.server.read_auth is True
+
+
+def test_server_defaults_keep_a_one_hour_grace_and_open_reads(confdir: Path) -> None:
+    settings = load(write(confdir, GOOD_REPO))
+    assert settings.server.grace_period == 3600.0 and settings.server.read_auth is False

@@ -1,0 +1,485 @@
+"""The management API (the api port): JSON under /api/v1, plus /metrics and /healthz.
+
+Thin handlers over `mirror.tiers.Tiers` and the state database; every store call runs in a
+thread, so the event loop never waits on the database lock. Errors are always
+`{"error": {"code", "message"}}` with the `MirrorError`'s status and stable code, unknown routes
+and methods included.
+
+Safety (HOSTILE.md 71-74): a mutating call (any method but GET/HEAD) needs
+`Authorization: Bearer TOKEN` (tokens from `[server] token_file`, compared in constant time; the
+token's name is the actor in the history) and a JSON body (`Content-Type: application/json`, so a
+cross-site form post cannot promote); GET never changes state; no CORS headers are sent. Reads
+are open unless `[server] read_auth = true`; `/healthz` is always open. A client address with too
+many failed authentications within a minute gets 429 for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import hdrs, web
+
+from mirror import __version__
+from mirror.config import Settings
+from mirror.errors import (
+    InvalidRequestError,
+    MirrorError,
+    NotFoundError,
+    NotImplementedYetError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
+from mirror.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from mirror.metrics import Metrics
+from mirror.model import REPO_NAME_RE, utcnow
+from mirror.store import Store, SyncRunRecord, TierMove
+from mirror.tiers import UNSET, MoveResult, Tiers, TierView, Unset, parse_moment
+from mirror.tokens import TokenRing
+from mirror.web.openapi import openapi_document
+from mirror.web.syncs import BackgroundSyncs
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+TIERS = web.AppKey("tiers", Tiers)
+TOKENS = web.AppKey("tokens", TokenRing)
+METRICS = web.AppKey("metrics", Metrics)
+SYNCS = web.AppKey("syncs", BackgroundSyncs)
+ACTOR = web.RequestKey("actor", str)
+
+MAX_BODY = 64 * 1024
+MAX_TRACKED_CLIENTS = 10_000
+PUBLIC_PATHS = frozenset({"/healthz"})
+_BEARER_RE = re.compile(r"^Bearer +([\x21-\x7e]+) *$", re.IGNORECASE)
+_STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                 413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AuthLimiter:
+    """Failed authentications per client address in a sliding window (HOSTILE 74)."""
+
+    def __init__(self, max_failures: int = 60, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        now = self.clock()
+        failures = self._failures.setdefault(client, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return deque()
+        return failures
+
+    def check(self, client: str) -> None:
+        failures = self._recent(client)
+        if len(failures) >= self.max_failures:
+            retry = max(1, int(failures[0] + self.window - self.clock()) + 1)
+            raise RateLimitedError(f"too many failed authentications from {client}; retry in {retry} s")
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) >= MAX_TRACKED_CLIENTS:  # many addresses: forget the expired ones
+            for other in list(self._failures):
+                self._recent(other)
+        self._recent(client)
+        self._failures.setdefault(client, deque()).append(self.clock())
+
+
+LIMITER = web.AppKey("limiter", AuthLimiter)
+
+
+# -- JSON shapes ------------------------------------------------------------------------------
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def tier_state_json(view: TierView) -> dict[str, Any]:
+    return {"snapshot": view.snapshot, "since": _time(view.since)}
+
+
+def move_json(move: TierMove) -> dict[str, Any]:
+    return {"id": move.id, "repo": move.repo, "tier": move.tier, "at": _time(move.at),
+            "from": move.from_snapshot, "to": move.to_snapshot, "actor": move.actor, "reason": move.reason,
+            "forced": move.forced, "action": move.action}
+
+
+def move_result_json(result: MoveResult) -> dict[str, Any]:
+    return {"repo": result.repo, "tier": result.tier, "snapshot": result.snapshot, "changed": result.changed,
+            "move": move_json(result.move) if result.move is not None else None}
+
+
+def sync_run_json(run: SyncRunRecord) -> dict[str, Any]:
+    return {"id": run.id, "repo": run.repo, "started": _time(run.started), "finished": _time(run.finished),
+            "outcome": run.outcome, "snapshot": run.snapshot, "error_code": run.error_code,
+            "message": run.message, "files": run.files, "bytes": run.bytes, "actor": run.actor}
+
+
+def public_url(url: str) -> str:
+    """An upstream URL without any user:password part."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    response = web.json_response({"error": {"code": code, "message": message}}, status=status)
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    response = web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+# -- middlewares ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MirrorError as exc:
+        response = error_response(exc.http_status, exc.code, str(exc))
+        if isinstance(exc, UnauthorizedError):
+            response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="mirror"'
+        elif isinstance(exc, RateLimitedError):
+            response.headers[hdrs.RETRY_AFTER] = "60"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        message = {404: "no such endpoint", 405: f"method {request.method} not allowed here"}.get(
+            exc.status, exc.reason)
+        response = error_response(exc.status, code, message)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("API error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error (see the server log)")
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _authenticate(request: web.Request) -> str:
+    """The token's name, or raise UnauthorizedError (recording the failure)."""
+    app = request.app
+    limiter = app[LIMITER]
+    client = _client(request)
+    limiter.check(client)
+    values = request.headers.getall(hdrs.AUTHORIZATION, [])
+    name: str | None = None
+    problem = "missing Authorization: Bearer TOKEN header"
+    if len(values) > 1:
+        problem = "more than one Authorization header"
+    elif values:
+        match = _BEARER_RE.match(values[0])
+        if match is None:
+            problem = "malformed Authorization header (expected: Bearer TOKEN)"
+        else:
+            name = app[TOKENS].identify(match.group(1))
+            problem = "unknown token"
+            if name is None and not app[TOKENS].configured:
+                problem = "no API tokens are configured (server.token_file)"
+    if name is None:
+        limiter.failed(client)
+        app[METRICS].auth_failures.inc()
+        log.warning("API: refused %s %s from %s: %s", request.method, request.path, client, problem)
+        raise UnauthorizedError(problem)
+    return name
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:  # unknown route or method: 404/405
+        return await handler(request)
+    mutating = request.method not in (hdrs.METH_GET, hdrs.METH_HEAD)
+    if mutating or (request.app[SETTINGS].server.read_auth and request.path not in PUBLIC_PATHS):
+        request[ACTOR] = _authenticate(request)
+    if mutating and request.content_type != "application/json":
+        raise UnsupportedMediaTypeError("a mutating call needs a JSON body (Content-Type: application/json)")
+    return await handler(request)
+
+
+# -- request helpers --------------------------------------------------------------------------
+
+
+async def _body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip() and allow_empty:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return data
+
+
+class _Fields:
+    """Typed access to a JSON object's fields; unknown fields are refused (typos must not pass)."""
+
+    def __init__(self, data: dict[str, Any], allowed: set[str]) -> None:
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InvalidRequestError(f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        self.data = data
+
+    def text(self, key: str, *, required: bool = False, max_length: int = 2000) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise InvalidRequestError(f"field {key!r} is required")
+            if key in self.data:
+                raise InvalidRequestError(f"field {key!r} must be a string, not null")
+            return None
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"field {key!r} must be a string")
+        if len(value) > max_length:
+            raise InvalidRequestError(f"field {key!r} is longer than {max_length} characters")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            raise InvalidRequestError(f"field {key!r} must be true or false")
+        return value
+
+    def expected(self) -> str | Unset | None:
+        if "expected" not in self.data:
+            return UNSET
+        value = self.data["expected"]
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequestError("field 'expected' must be a snapshot id or null")
+        return value
+
+
+def _repo(request: web.Request) -> str:
+    name = request.match_info["repo"]
+    if not REPO_NAME_RE.match(name):
+        raise NotFoundError(f"unknown repo {name!r}")
+    request.app[SETTINGS].repo(name)  # NotFoundError for an unconfigured repo
+    return name
+
+
+def _query_moment(request: web.Request) -> datetime | None:
+    value = request.query.get("at")
+    return parse_moment(value) if value is not None else None
+
+
+def _query_limit(request: web.Request, default: int) -> int:
+    value = request.query.get("limit")
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= 10000:
+        raise InvalidRequestError("limit must be an integer from 1 to 10000")
+    return int(value)
+
+
+def _tier_map(views: dict[str, TierView]) -> dict[str, Any]:
+    return {tier: tier_state_json(view) for tier, view in views.items()}
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def list_repos(request: web.Request) -> web.Response:
+    settings, store, tiers = request.app[SETTINGS], request.app[STORE], request.app[TIERS]
+
+    def collect() -> list[dict[str, Any]]:
+        out = []
+        for repo in settings.repos:
+            out.append({"name": repo.name, "type": repo.type, "url": public_url(repo.url),
+                        "tiers": _tier_map(tiers.current(repo.name)),
+                        "snapshots": len(store.snapshots(repo.name)),
+                        "latest_snapshot": store.latest_snapshot(repo.name)})
+        return out
+
+    return _json(await asyncio.to_thread(collect))
+
+
+async def list_snapshots(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    snapshots = await asyncio.to_thread(request.app[STORE].snapshots, repo)
+    return _json([{"id": s.id, "created": _time(s.created), "packages": s.packages, "bytes": s.bytes,
+                   "tiers": list(s.tiers), "signed_by": s.signed_by} for s in snapshots])
+
+
+def tiers_document(settings: Settings, tiers: Tiers, moment: datetime | None) -> dict[str, Any]:
+    """`{"REPO": {"TIER": {"snapshot", "since"}}}`: now, or what each tier served at `moment`."""
+    return {repo.name: _tier_map(tiers.current(repo.name) if moment is None else tiers.at(repo.name, moment))
+            for repo in settings.repos}
+
+
+async def list_tiers(request: web.Request) -> web.Response:
+    moment = _query_moment(request)
+    return _json(await asyncio.to_thread(tiers_document, request.app[SETTINGS], request.app[TIERS], moment))
+
+
+async def promote(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    fields = _Fields(await _body(request), {"to", "from", "snapshot", "reason", "force", "expected"})
+    to = fields.text("to", required=True)
+    assert to is not None
+    result = await asyncio.to_thread(
+        request.app[TIERS].promote, repo, to, from_tier=fields.text("from"), snapshot=fields.text("snapshot"),
+        actor=request[ACTOR], reason=fields.text("reason"), force=fields.flag("force"),
+        expected=fields.expected())
+    _log_move(result)
+    return _json(move_result_json(result))
+
+
+async def rollback(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    fields = _Fields(await _body(request), {"tier", "reason", "force", "expected"})
+    tier = fields.text("tier", required=True)
+    assert tier is not None
+    result = await asyncio.to_thread(
+        request.app[TIERS].rollback, repo, tier, actor=request[ACTOR], reason=fields.text("reason"),
+        force=fields.flag("force"), expected=fields.expected())
+    _log_move(result)
+    return _json(move_result_json(result))
+
+
+def _log_move(result: MoveResult) -> None:
+    move = result.move
+    if move is not None:
+        log.info("%s: %s %s %s -> %s by %s%s", move.repo, move.action, move.tier, move.from_snapshot,
+                 move.to_snapshot, move.actor, " (forced)" if move.forced else "")
+
+
+def history_document(tiers: Tiers, repo: str, *, tier: str | None = None, moment: datetime | None = None,
+                     limit: int | None = None) -> dict[str, Any]:
+    """Moves newest first (made at or before `moment`, if given) and what each tier served then."""
+    moves = tiers.history(repo, tier=tier, until=moment, limit=limit)
+    views = tiers.current(repo) if moment is None else tiers.at(repo, moment)
+    return {"repo": repo, "tier": tier, "at": _time(moment), "tiers": _tier_map(views),
+            "moves": [move_json(m) for m in moves]}
+
+
+async def history(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    tier = request.query.get("tier")
+    moment = _query_moment(request)
+    limit = _query_limit(request, 1000)
+    return _json(await asyncio.to_thread(history_document, request.app[TIERS], repo, tier=tier, moment=moment,
+                                         limit=limit))
+
+
+async def diff(request: web.Request) -> web.Response:
+    _repo(request)
+    raise NotImplementedYetError("diff is not implemented by this version yet")
+
+
+async def start_sync(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    fields = _Fields(await _body(request, allow_empty=True), {"allow_rollback"})
+    request.app[SYNCS].start(repo, actor=request[ACTOR], allow_rollback=fields.flag("allow_rollback"))
+    response = _json({"repo": repo, "status": "started"}, status=202)
+    response.headers[hdrs.LOCATION] = f"/api/v1/syncs?repo={repo}"
+    return response
+
+
+async def list_syncs(request: web.Request) -> web.Response:
+    repo = request.query.get("repo")
+    if repo is not None:
+        if not REPO_NAME_RE.match(repo):
+            raise InvalidRequestError(f"{repo!r} is not a repo name")
+        request.app[SETTINGS].repo(repo)
+    limit = _query_limit(request, 100)
+    runs = await asyncio.to_thread(request.app[STORE].sync_runs, repo, limit)
+    return _json([sync_run_json(r) for r in runs])
+
+
+async def openapi(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return _json(openapi_document(settings.tiers, settings.repo_names, read_auth=settings.server.read_auth))
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: METRICS_CONTENT_TYPE,
+                                            hdrs.CACHE_CONTROL: "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    problems: list[str] = []
+    schema = 0
+    try:
+        await asyncio.to_thread(store.ping)
+        schema = await asyncio.to_thread(store.schema_version)
+    except Exception as exc:  # health reports every failure, never raises
+        problems.append(f"state database: {exc}")
+    body: dict[str, Any] = {"status": "failing" if problems else "ok", "version": __version__,
+                            "schema_version": schema, "time": _time(utcnow())}
+    if problems:
+        body["problems"] = problems
+    return _json(body, status=503 if problems else 200)
+
+
+def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None = None,
+                 metrics: Metrics | None = None, syncs: BackgroundSyncs | None = None,
+                 limiter: AuthLimiter | None = None) -> web.Application:
+    """The api-port application. `store` is this app's own connection to the state database."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[TIERS] = Tiers(store, settings.tiers)
+    app[TOKENS] = tokens if tokens is not None else TokenRing(settings.server.token_file)
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app[SYNCS] = syncs if syncs is not None else BackgroundSyncs(settings)
+    app[LIMITER] = limiter if limiter is not None else AuthLimiter()
+    if metrics is None:  # a server passes one shared with the repo port, state collector included
+        app[METRICS].add_state(store, settings.repo_names)
+    app[METRICS].count_responses(app, "api")
+    router = app.router
+    router.add_get("/api/v1/repos", list_repos)
+    router.add_get("/api/v1/repos/{repo}/snapshots", list_snapshots)
+    router.add_get("/api/v1/tiers", list_tiers)
+    router.add_post("/api/v1/repos/{repo}/promote", promote)
+    router.add_post("/api/v1/repos/{repo}/rollback", rollback)
+    router.add_get("/api/v1/repos/{repo}/history", history)
+    router.add_get("/api/v1/repos/{repo}/diff", diff)
+    router.add_post("/api/v1/repos/{repo}/sync", start_sync)
+    router.add_get("/api/v1/syncs", list_syncs)
+    router.add_get("/api/v1/openapi.json", openapi)
+    router.add_get("/metrics", serve_metrics)
+    router.add_get("/healthz", healthz)
+
+    async def stop_syncs(app: web.Application) -> None:
+        await app[SYNCS].close()
+
+    app.on_shutdown.append(stop_syncs)
+    return app

@@ -1,0 +1,270 @@
+"""The OpenAPI 3.0 document of the management API, served at `/api/v1/openapi.json`.
+
+Hand-written next to the handlers (`mirror.web.api`) and checked against the running server by
+schemathesis (tests/test_api_schema.py). Tier names are the configured ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mirror import __version__
+
+JSON = "application/json"
+SNAPSHOT_PATTERN = "^[0-9]{8}T[0-9]{6}Z$"
+REPO_PATTERN = "^[a-z0-9][a-z0-9._-]*$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json_response(description, _ref("Error"))
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    text = {400: "malformed request", 401: "no valid token", 404: "unknown repo, tier or snapshot",
+            409: "conflict (tier moved, nothing to roll back, sync running)",
+            413: "body too large", 415: "the body must be JSON (Content-Type: application/json)",
+            422: "refused by the tier policy (force to override)", 429: "too many failed authentications",
+            501: "not implemented yet"}
+    return {str(s): _error(text[s]) for s in statuses}
+
+
+_READ_ERRORS = (401, 429)
+_WRITE_ERRORS = (400, 401, 413, 415, 429)
+
+
+def _repo_schema(repos: Sequence[str]) -> dict[str, Any]:
+    if repos:
+        return {"type": "string", "enum": list(repos)}
+    return {"type": "string", "pattern": REPO_PATTERN, "maxLength": 100}
+
+
+def _at_param(what: str) -> dict[str, Any]:
+    return {"name": "at", "in": "query", "required": False, "description": what,
+            "schema": {"type": "string", "format": "date-time"}}
+
+
+def _limit_param() -> dict[str, Any]:
+    return {"name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}
+
+
+def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
+                     read_auth: bool = False) -> dict[str, Any]:
+    """The document for a server with these tiers and repos; reads need a token when `read_auth`."""
+    repo_param = {"name": "repo", "in": "path", "required": True, "schema": _repo_schema(repos)}
+    tier_schema = {"type": "string", "enum": list(tiers)}
+    tier_state = {
+        "type": "object", "required": ["snapshot", "since"], "additionalProperties": False,
+        "properties": {"snapshot": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                       "since": _nullable({"type": "string", "format": "date-time"})},
+    }
+    tier_map = {"type": "object", "additionalProperties": _ref("TierState")}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object", "required": ["error"], "additionalProperties": False,
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"], "additionalProperties": False,
+                "properties": {"code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+                               "message": {"type": "string"}}}},
+        },
+        "TierState": tier_state,
+        "TierMap": tier_map,
+        "Tiers": {"type": "object", "additionalProperties": _ref("TierMap")},
+        "Repo": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "type", "url", "tiers", "snapshots", "latest_snapshot"],
+            "properties": {"name": {"type": "string"}, "type": {"type": "string", "enum": ["deb", "rpm"]},
+                           "url": {"type": "string"}, "tiers": _ref("TierMap"),
+                           "snapshots": {"type": "integer", "minimum": 0},
+                           "latest_snapshot": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN})},
+        },
+        "Snapshot": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "created", "packages", "bytes", "tiers", "signed_by"],
+            "properties": {"id": {"type": "string", "pattern": SNAPSHOT_PATTERN},
+                           "created": {"type": "string", "format": "date-time"},
+                           "packages": {"type": "integer", "minimum": 0},
+                           "bytes": {"type": "integer", "minimum": 0},
+                           "tiers": {"type": "array", "items": {"type": "string"}},
+                           "signed_by": {"type": "string", "enum": ["upstream", "mirror"]}},
+        },
+        "Move": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "repo", "tier", "at", "from", "to", "actor", "reason", "forced", "action"],
+            "properties": {"id": {"type": "integer"}, "repo": {"type": "string"}, "tier": {"type": "string"},
+                           "at": {"type": "string", "format": "date-time"},
+                           "from": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                           "to": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                           "actor": {"type": "string"}, "reason": _nullable({"type": "string"}),
+                           "forced": {"type": "boolean"},
+                           "action": {"type": "string", "enum": ["sync", "promote", "rollback"]}},
+        },
+        "MoveResult": {
+            "type": "object", "additionalProperties": False,
+            "required": ["repo", "tier", "snapshot", "changed", "move"],
+            "properties": {"repo": {"type": "string"}, "tier": {"type": "string"},
+                           "snapshot": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                           "changed": {"type": "boolean"},
+                           "move": {**_ref("Move"), "nullable": True}},
+        },
+        "History": {
+            "type": "object", "additionalProperties": False,
+            "required": ["repo", "tier", "at", "tiers", "moves"],
+            "properties": {"repo": {"type": "string"}, "tier": _nullable({"type": "string"}),
+                           "at": _nullable({"type": "string", "format": "date-time"}),
+                           "tiers": _ref("TierMap"),
+                           "moves": {"type": "array", "items": _ref("Move")}},
+        },
+        "PromoteRequest": {
+            "type": "object", "additionalProperties": False, "required": ["to"],
+            "properties": {
+                "to": tier_schema,
+                "from": {**tier_schema, "description": "promote what this tier serves"},
+                "snapshot": {"type": "string", "pattern": SNAPSHOT_PATTERN,
+                             "description": "promote this snapshot (instead of from)"},
+                "reason": {"type": "string", "maxLength": 2000},
+                "force": {"type": "boolean", "description": "override the tier policy (recorded)"},
+                "expected": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN,
+                                       "description": "compare-and-swap: what `to` must serve now"}),
+            },
+        },
+        "RollbackRequest": {
+            "type": "object", "additionalProperties": False, "required": ["tier"],
+            "properties": {"tier": tier_schema, "reason": {"type": "string", "maxLength": 2000},
+                           "force": {"type": "boolean"},
+                           "expected": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN})},
+        },
+        "SyncRequest": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"allow_rollback": {"type": "boolean"}},
+        },
+        "SyncStarted": {
+            "type": "object", "additionalProperties": False, "required": ["repo", "status"],
+            "properties": {"repo": {"type": "string"}, "status": {"type": "string", "enum": ["started"]}},
+        },
+        "SyncRun": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "repo", "started", "finished", "outcome", "snapshot", "error_code", "message",
+                         "files", "bytes", "actor"],
+            "properties": {"id": {"type": "integer"}, "repo": {"type": "string"},
+                           "started": {"type": "string", "format": "date-time"},
+                           "finished": _nullable({"type": "string", "format": "date-time"}),
+                           "outcome": {"type": "string",
+                                       "enum": ["running", "snapshot", "unchanged", "failed"]},
+                           "snapshot": _nullable({"type": "string"}),
+                           "error_code": _nullable({"type": "string"}),
+                           "message": _nullable({"type": "string"}),
+                           "files": {"type": "integer"}, "bytes": {"type": "integer"},
+                           "actor": _nullable({"type": "string"})},
+        },
+        "Health": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "failing"]},
+                           "version": {"type": "string"}, "schema_version": {"type": "integer"},
+                           "problems": {"type": "array", "items": {"type": "string"}}},
+        },
+    }
+    write_security: list[dict[str, list[str]]] = [{"bearer": []}]
+    read_security: list[dict[str, list[str]]] = [{"bearer": []}] if read_auth else []
+    paths: dict[str, Any] = {
+        "/api/v1/repos": {"get": {
+            "security": read_security,
+            "operationId": "listRepos", "summary": "repos with their tiers' current snapshots",
+            "responses": {"200": _json_response("repos", {"type": "array", "items": _ref("Repo")}),
+                          **_errors(*_READ_ERRORS)}}},
+        "/api/v1/repos/{repo}/snapshots": {"get": {
+            "security": read_security,
+            "operationId": "listSnapshots", "summary": "the repo's snapshots, newest first",
+            "parameters": [repo_param],
+            "responses": {"200": _json_response("snapshots", {"type": "array", "items": _ref("Snapshot")}),
+                          **_errors(*_READ_ERRORS, 404)}}},
+        "/api/v1/tiers": {"get": {
+            "security": read_security,
+            "operationId": "listTiers", "summary": "which snapshot each tier serves (or served at `at`)",
+            "parameters": [_at_param("what each tier served at this time (ISO 8601)")],
+            "responses": {"200": _json_response("tiers per repo", _ref("Tiers")),
+                          **_errors(*_READ_ERRORS, 400)}}},
+        "/api/v1/repos/{repo}/promote": {"post": {
+            "operationId": "promote", "summary": "point a tier at a tier's snapshot or a snapshot",
+            "security": write_security, "parameters": [repo_param],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("PromoteRequest")}}},
+            "responses": {"200": _json_response("the move (changed false: it served that already)",
+                                                _ref("MoveResult")),
+                          **_errors(*_WRITE_ERRORS, 404, 409, 422)}}},
+        "/api/v1/repos/{repo}/rollback": {"post": {
+            "operationId": "rollback", "summary": "point a tier back at what it served before its last move",
+            "security": write_security, "parameters": [repo_param],
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("RollbackRequest")}}},
+            "responses": {"200": _json_response("the move", _ref("MoveResult")),
+                          **_errors(*_WRITE_ERRORS, 404, 409, 422)}}},
+        "/api/v1/repos/{repo}/history": {"get": {
+            "security": read_security,
+            "operationId": "history", "summary": "tier moves, newest first",
+            "parameters": [repo_param,
+                           {"name": "tier", "in": "query", "required": False, "schema": {"type": "string"}},
+                           _at_param("only moves made at or before this time; `tiers` is what each "
+                                     "tier served then"),
+                           _limit_param()],
+            "responses": {"200": _json_response("history", _ref("History")),
+                          **_errors(*_READ_ERRORS, 400, 404)}}},
+        "/api/v1/repos/{repo}/diff": {"get": {
+            "security": read_security,
+            "operationId": "diff", "summary": "package delta between two tiers or snapshots (not yet)",
+            "parameters": [repo_param,
+                           {"name": "from", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "to", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": {**_errors(*_READ_ERRORS, 404, 501)}}},
+        "/api/v1/repos/{repo}/sync": {"post": {
+            "operationId": "startSync", "summary": "start a sync of the repo in the server",
+            "security": write_security, "parameters": [repo_param],
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("SyncRequest")}}},
+            "responses": {"202": _json_response("started; see /api/v1/syncs", _ref("SyncStarted")),
+                          **_errors(*_WRITE_ERRORS, 404, 409)}}},
+        "/api/v1/syncs": {"get": {
+            "security": read_security,
+            "operationId": "listSyncs", "summary": "sync runs and their outcome, newest first",
+            "parameters": [{"name": "repo", "in": "query", "required": False, "schema": _repo_schema(repos)},
+                           _limit_param()],
+            "responses": {"200": _json_response("sync runs", {"type": "array", "items": _ref("SyncRun")}),
+                          **_errors(*_READ_ERRORS, 400, 404)}}},
+        "/api/v1/openapi.json": {"get": {
+            "security": read_security,
+            "operationId": "openapi", "summary": "this document",
+            "responses": {"200": _json_response("OpenAPI 3.0 document", {"type": "object"}),
+                          **_errors(*_READ_ERRORS)}}},
+        "/metrics": {"get": {
+            "security": read_security,
+            "operationId": "metrics", "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(*_READ_ERRORS)}}},
+        "/healthz": {"get": {
+            "operationId": "health", "summary": "liveness and state database health", "security": [],
+            "responses": {"200": _json_response("healthy", _ref("Health")),
+                          "503": _json_response("unhealthy", _ref("Health"))}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mirror management API", "version": __version__,
+                 "description": "Tiers, snapshots, promotion, rollback, history and syncs. Mutating calls "
+                                "need `Authorization: Bearer TOKEN` and a JSON body; errors are "
+                                "`{\"error\": {\"code\", \"message\"}}`."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
