@@ -88,8 +88,9 @@ class Pool:
                 raise ChecksumMismatchError(f"sha256 {got} does not match the expected {expected.sha256}",
                                             path=what)
             if alt is not None and expected.alt is not None and alt.hexdigest() != expected.alt[1]:
-                raise ChecksumMismatchError(f"{expected.alt[0]} {alt.hexdigest()} does not match the expected "
-                                            f"{expected.alt[1]}", path=what)
+                algo, want = expected.alt
+                raise ChecksumMismatchError(f"{algo} {alt.hexdigest()} does not match the expected {want}",
+                                            path=what)
             final = self.path_for(got)
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
             await aiofiles.os.replace(tmp_name, final)

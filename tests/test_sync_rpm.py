@@ -138,7 +138,8 @@ def revision_rollback(s: Setup) -> None:
 
 def primary_checksum_mismatch(s: Setup) -> None:
     _new_package(s)
-    s.upstream.edit_metadata("primary", lambda x: x.replace("test package", "evil package"), update_repomd=False)
+    s.upstream.edit_metadata("primary", lambda x: x.replace("test package", "evil package"),
+                             update_repomd=False)
 
 
 def md5_only_record(s: Setup) -> None:
@@ -169,7 +170,8 @@ def xml_base_elsewhere(s: Setup) -> None:
 def billion_laughs(s: Setup) -> None:
     _new_package(s)
     bomb = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
-            + "".join(f'<!ENTITY lol{i} "{"&lol{};".format(i - 1 if i > 1 else "") * 10}">' for i in range(1, 9))
+            + "".join(f'<!ENTITY lol{i} "{"&lol{};".format(i - 1 if i > 1 else "") * 10}">'
+                      for i in range(1, 9))
             + "]>\n")
     s.upstream.edit_metadata("primary", lambda x: bomb + x.split("?>", 1)[1].replace(
         "test package", "&lol8;", 1))
@@ -249,7 +251,8 @@ def test_rpm_signed_by_another_key_under_require_fails_naming_the_key(setup: Set
 def test_unsigned_rpm_under_ignore_is_mirrored(setup: Setup, tmp_path: Path, archive_key: SigningKey) -> None:
     setup.upstream.add(RpmPackage("hello", "1.1"), sign=False)
     setup.publish()
-    mirror = write_rpm_config(tmp_path / "ignore", setup.server.url, archive_key.write_public(tmp_path / "k.asc"),
+    keyring = archive_key.write_public(tmp_path / "k.asc")
+    mirror = write_rpm_config(tmp_path / "ignore", setup.server.url, keyring,
                               extra_repo='package_signatures = "ignore"')
     assert mirror.sync_one().ok
 
