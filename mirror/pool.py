@@ -9,6 +9,8 @@ unrecorded file under its final name is re-hashed before it is trusted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -17,20 +19,20 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterable
 from pathlib import Path
-
-import aiofiles
-import aiofiles.os
+from typing import BinaryIO
 
 from mirror.errors import ChecksumMismatchError, NoSpaceError, SizeMismatchError, StorageError
 from mirror.model import SHA256_RE, ExpectedFile
 
 CHUNK = 256 * 1024
+BUFFER = 1024 * 1024  # bytes received before a slice is handed to the writer thread
 
 
 class Pool:
     def __init__(self, root: Path) -> None:
         self.root = root / "pool" / "sha256"
         self.tmp = root / "tmp"
+        self._dirs: set[Path] = set()
 
     def path_for(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
@@ -60,46 +62,35 @@ class Pool:
                      *, what: str) -> str:
         """Write `chunks` into the pool; return the sha256. Raise and leave nothing behind on mismatch.
 
-        Checked against `expected.sha256` and, when given, `expected.alt` (another strong digest)."""
+        Checked against `expected.sha256` and, when given, `expected.alt` (another strong digest).
+        The size is checked as bytes arrive (an overlong body is cut at once); received bytes are
+        handed to a worker thread in slices of up to BUFFER bytes, which writes and hashes them,
+        so the event loop never blocks on the disk and a small file costs one thread hop."""
         if not expected.sha256 and expected.alt is None:
             raise ChecksumMismatchError("no digest from verified metadata to check it against", path=what)
-        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
-        os.close(fd)
-        digest = hashlib.sha256()
-        alt = hashlib.new(expected.alt[0]) if expected.alt is not None else None
-        size = 0
+        blob = _BlobWriter(self, expected, tmp_dir, what)
+        pending: list[bytes] = []
+        buffered = size = 0
         try:
-            async with aiofiles.open(tmp_name, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > expected.size:
-                        raise SizeMismatchError(
-                            f"longer than the {expected.size} bytes the verified metadata declares",
-                            path=what)
-                    digest.update(chunk)
-                    if alt is not None:
-                        alt.update(chunk)
-                    await out.write(chunk)
-            if size != expected.size:
-                raise SizeMismatchError(
-                    f"got {size} bytes, the verified metadata declares {expected.size}", path=what)
-            got = digest.hexdigest()
-            if expected.sha256 and got != expected.sha256:
-                raise ChecksumMismatchError(f"sha256 {got} does not match the expected {expected.sha256}",
-                                            path=what)
-            if alt is not None and expected.alt is not None and alt.hexdigest() != expected.alt[1]:
-                algo, want = expected.alt
-                raise ChecksumMismatchError(f"{algo} {alt.hexdigest()} does not match the expected {want}",
-                                            path=what)
-            final = self.path_for(got)
-            await aiofiles.os.makedirs(final.parent, exist_ok=True)
-            await aiofiles.os.replace(tmp_name, final)
-            return got
-        except OSError as exc:
-            raise storage_error(exc, what) from exc
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > expected.size:
+                    raise SizeMismatchError(
+                        f"longer than the {expected.size} bytes the verified metadata declares", path=what)
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= BUFFER:
+                    data, pending, buffered = b"".join(pending), [], 0
+                    await asyncio.to_thread(blob.write, data)
+            return await asyncio.to_thread(blob.finish, b"".join(pending))
+        except BaseException:
+            await asyncio.to_thread(blob.abort)
+            raise
+
+    def ensure_dir(self, directory: Path) -> None:
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
 
     def ingest_bytes(self, data: bytes, sha256: str, tmp_dir: Path, *, what: str) -> None:
         """Blocking: store bytes already in memory (and already checked by the caller)."""
@@ -147,6 +138,67 @@ class Pool:
                 os.sync()
         finally:
             os.close(fd)
+
+
+class _BlobWriter:
+    """The blocking half of `Pool.ingest`: a temp file, hashes, and the final checks and rename."""
+
+    def __init__(self, pool: Pool, expected: ExpectedFile, tmp_dir: Path, what: str) -> None:
+        self.pool, self.expected, self.tmp_dir, self.what = pool, expected, tmp_dir, what
+        self.digest = hashlib.sha256()
+        self.alt = hashlib.new(expected.alt[0]) if expected.alt is not None else None
+        self.size = 0
+        self.file: BinaryIO | None = None
+        self.name: str | None = None
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self.file is None:
+                fd, self.name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+                self.file = os.fdopen(fd, "wb")
+            self.file.write(data)
+        except OSError as exc:
+            raise storage_error(exc, self.what) from exc
+        self.digest.update(data)
+        if self.alt is not None:
+            self.alt.update(data)
+        self.size += len(data)
+
+    def finish(self, data: bytes) -> str:
+        self.write(data)
+        expected, what = self.expected, self.what
+        assert self.file is not None and self.name is not None
+        try:
+            self.file.close()
+        except OSError as exc:
+            raise storage_error(exc, what) from exc
+        if self.size != expected.size:
+            raise SizeMismatchError(f"got {self.size} bytes, the verified metadata declares {expected.size}",
+                                    path=what)
+        got = self.digest.hexdigest()
+        if expected.sha256 and got != expected.sha256:
+            raise ChecksumMismatchError(f"sha256 {got} does not match the expected {expected.sha256}",
+                                        path=what)
+        if self.alt is not None and expected.alt is not None and self.alt.hexdigest() != expected.alt[1]:
+            algo, want = expected.alt
+            raise ChecksumMismatchError(f"{algo} {self.alt.hexdigest()} does not match the expected {want}",
+                                        path=what)
+        final = self.pool.path_for(got)
+        try:
+            self.pool.ensure_dir(final.parent)
+            os.replace(self.name, final)
+        except OSError as exc:
+            raise storage_error(exc, what) from exc
+        self.name = None
+        return got
+
+    def abort(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        if self.name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name)
+            self.name = None
 
 
 def file_sha256(path: Path) -> str:

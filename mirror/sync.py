@@ -91,19 +91,24 @@ class SyncContext:
     semaphore: asyncio.Semaphore
     progress: Progress
     recorded: set[str] = field(default_factory=set)
+    recorded_loaded: bool = False  # `recorded` holds every wanted digest the database has
 
     def url(self, path: str) -> str:
         return self.repo.url + path
 
-    async def ingest(self, expected: ExpectedFile) -> str:
-        """Make `expected` present in the pool (fetching it only if the pool lacks it); its sha256."""
+    async def ingest(self, expected: ExpectedFile, *, known_absent: bool = False) -> str:
+        """Make `expected` present in the pool (fetching it only if the pool lacks it); its sha256.
+
+        `known_absent`: the caller already checked the database and the pool for it."""
         digest = expected.sha256
-        if digest:
+        if digest and not known_absent:
             if digest in self.recorded:
                 return digest
-            if await asyncio.to_thread(self.store.recorded_blobs, (digest,)):
-                self.recorded.add(digest)
-                return digest
+            if not self.recorded_loaded:
+                found = await asyncio.to_thread(self.store.recorded_blobs, (digest,))
+                if found:
+                    self.recorded.add(digest)
+                    return digest
             if await asyncio.to_thread(self.pool.adopt, expected):
                 return digest
         source = expected.fetch_path or expected.path
@@ -272,6 +277,7 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
             await asyncio.to_thread(ctx.pool.ingest_bytes, data, digest, ctx.tmp, what=path)
             _add(entries, ManifestEntry(path, digest, len(data), EntryKind.ROOT), repo.name)
     ctx.recorded = await asyncio.to_thread(store.recorded_blobs, (w.expected.sha256 for w in wanted))
+    ctx.recorded_loaded = True
 
     ctx.progress.update(phase="packages")
     packages = [w for w in wanted if w.expected.kind is EntryKind.PACKAGE]
@@ -312,7 +318,11 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
     Every failure is collected; after MAX_FAILURES_BEFORE_ABORT the rest is not attempted. The
     first failure is raised, its message saying how many more there were.
     """
-    unique = list({f.sha256: f for f in files}.values())
+    missing = [f for f in {f.sha256: f for f in files}.values() if f.sha256 not in ctx.recorded]
+    # Leftovers of an interrupted run lie under their final names unrecorded: re-hash, never trust.
+    leftovers = await asyncio.to_thread(lambda: [f for f in missing if ctx.pool.exists(f.sha256)])
+    adopted = {f.sha256 for f in leftovers if await asyncio.to_thread(ctx.pool.adopt, f)}
+    unique = [f for f in missing if f.sha256 not in adopted]
     failures: list[MirrorError] = []
     queue: asyncio.Queue[ExpectedFile] = asyncio.Queue()
     for f in unique:
@@ -322,7 +332,7 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
         while not queue.empty() and len(failures) < MAX_FAILURES_BEFORE_ABORT:
             item = queue.get_nowait()
             try:
-                await ctx.ingest(item)
+                await ctx.ingest(item, known_absent=True)
             except MirrorError as exc:
                 failures.append(exc)
 
