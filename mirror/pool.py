@@ -177,12 +177,12 @@ class _BlobWriter:
                                     path=what)
         got = self.digest.hexdigest()
         if expected.sha256 and got != expected.sha256:
-            raise ChecksumMismatchError(f"sha256 {got} does not match the expected {expected.sha256}",
-                                        path=what)
+            raise ChecksumMismatchError(f"sha256 {got} does not match {expected.sha256} from the verified "
+                                        "metadata", path=what)
         if self.alt is not None and expected.alt is not None and self.alt.hexdigest() != expected.alt[1]:
             algo, want = expected.alt
-            raise ChecksumMismatchError(f"{algo} {self.alt.hexdigest()} does not match the expected {want}",
-                                        path=what)
+            raise ChecksumMismatchError(f"{algo} {self.alt.hexdigest()} does not match {want} from the "
+                                        "verified metadata", path=what)
         final = self.pool.path_for(got)
         try:
             self.pool.ensure_dir(final.parent)

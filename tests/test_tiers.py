@@ -201,14 +201,16 @@ def _race(db: Path, workers: int, move: object) -> list[object]:
 def test_twenty_racing_promotions_leave_a_clean_history(tmp_path: Path, store: Store) -> None:
     pool = Pool(tmp_path)
     snaps = [seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": f"S{i}".encode()})
-             for i in range(5)]
+             for i in range(20)]
     before = len(store.moves("repo", tier="dev"))
     outcomes = _race(tmp_path / "state.db", 20, lambda tiers, i: tiers.promote(
-        "repo", "dev", snapshot=snaps[i % 5], actor=f"racer{i}", reason=f"race {i}"))
+        "repo", "dev", snapshot=snaps[i], actor=f"racer{i}", reason=f"race {i}"))
     assert not [o for o in outcomes if isinstance(o, Exception)]
     moves = store.moves("repo", tier="dev")
     changed = [o for o in outcomes if o.changed]  # type: ignore[attr-defined]
-    assert len(moves) - before == len(changed) >= 15  # some racers may find their snapshot already there
+    # every racer promotes its own snapshot, so every move changes the tier (the last seeded
+    # snapshot is already in dev: that racer alone may find nothing to do)
+    assert len(moves) - before == len(changed) >= 19
     chain_is_clean(store, "repo", "dev")
     assert store.tier_snapshot("repo", "dev") == moves[0].to_snapshot
     assert [m.id for m in moves] == sorted((m.id for m in moves), reverse=True)
