@@ -35,39 +35,50 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
 import lzma
 import os
 import platform
 import re
-import resource
 import shlex
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
+
+from bench import harness  # noqa: E402 (needs the checkout on sys.path)
+from bench.harness import (  # noqa: E402
+    MB,
+    BenchError,
+    PhaseDirs,
+    file_sha256,
+    find_tool,
+    fmt_all,
+    gnu_time,
+    kill_agent,
+    nginx_serving,
+    raise_on_sigterm,
+    rotation,
+    run,
+    run_with_rss,
+    say,
+    timed,
+    workdir_lock,
+)
 
 #: Bump when the generated upstream changes shape, to rebuild cached ones.
 UPSTREAM_FORMAT = 1
 SUITE = "stable"
 PARALLEL = 10
 NOOP_RUNS = 5
-MB = 1_000_000
 MARKER = ".sync_bench"
 
 TARGET_LIMIT_RATIO = 0.8  # limit_time / mirror_time >= this
@@ -76,25 +87,9 @@ TARGET_NOOP_S = 0.5  # no-op resync wall (median and max) <= this
 TARGET_RSS_MB = 150.0  # peak RSS of the initial sync <= this
 
 
-class BenchError(Exception):
-    """A failure that ends the benchmark with a one-line message (exit status 2)."""
-
-
 # --------------------------------------------------------------------------------------------
 # Tools
 # --------------------------------------------------------------------------------------------
-
-
-def find_tool(name: str) -> str | None:
-    """`name` on PATH, or in the sbin directories (nginx lives in /usr/sbin, often off PATH)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
-        candidate = Path(d) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
 
 
 @dataclass(frozen=True)
@@ -117,56 +112,8 @@ def find_tools(mirror_cli: str | None = None) -> Tools:
     mirror = [str(cli)] if cli.is_file() else [sys.executable, "-m", "mirror.cli"]
     if mirror_cli:
         mirror = shlex.split(mirror_cli)
-    gnu_time = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
     return Tools(nginx=str(found["nginx"]), aptly=str(found["aptly"]), curl=str(found["curl"]),
-                 mirror=mirror, time=gnu_time)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `cmd` to completion; a non-zero exit is a BenchError with the tail of its output."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise BenchError(f"{what} failed (exit {proc.returncode}): {shlex.join(cmd)}\n{tail}")
-    return proc
-
-
-def children_cpu() -> float:
-    """User + system CPU seconds of all waited-for children (and theirs) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> tuple[float, float, subprocess.CompletedProcess[str]]:
-    """(wall seconds, CPU seconds of the command and its children, the finished process)."""
-    cpu = children_cpu()
-    start = time.perf_counter()
-    proc = run(cmd, what=what, env=env, cwd=cwd)
-    return time.perf_counter() - start, children_cpu() - cpu, proc
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: Path) -> Iterator[None]:
-    """One benchmark at a time per workdir (each phase deletes the others' outputs)."""
-    with (workdir / ".lock").open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BenchError(f"another sync_bench run is using {workdir}; wait for it or pass "
-                             f"--workdir") from None
-        yield
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
+                 mirror=mirror, time=gnu_time())
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,13 +144,6 @@ def read_packages_index(root: Path) -> list[tuple[str, int, str]]:
         if fields:
             out.append((fields["Filename"], int(fields["Size"]), fields["SHA256"]))
     return out
-
-
-def kill_agent(home: Path) -> None:
-    """Stop the gpg-agent that signing started for this throwaway home."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                       capture_output=True, check=False, timeout=10)
 
 
 def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
@@ -246,115 +186,9 @@ def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
 
 
 # --------------------------------------------------------------------------------------------
-# nginx
-# --------------------------------------------------------------------------------------------
-
-
-NGINX_CONF = """\
-# written by bench/sync_bench.py
-daemon off;
-master_process on;
-worker_processes 2;
-{user}pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    default_type application/octet-stream;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        autoindex off;
-    }}
-}}
-"""
-
-
-@contextlib.contextmanager
-def nginx_serving(nginx: str, workdir: Path, root: Path) -> Iterator[str]:
-    """nginx serving `root` on a free loopback port; yields the base URL; always stopped."""
-    ndir = workdir / "nginx"
-    (ndir / "tmp").mkdir(parents=True, exist_ok=True)
-    last_error = ""
-    for _ in range(3):  # the free port may be taken between our probe and nginx's bind
-        port = free_port()
-        conf = ndir / "nginx.conf"
-        # As root, nginx's workers would switch to "nobody", who may not be able to read the tree.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(user=user, dir=ndir, port=port, root=root))
-        with (ndir / "stderr.log").open("w") as stderr:  # startup errors, before error_log opens
-            proc = subprocess.Popen([nginx, "-c", str(conf), "-p", f"{ndir}/"],
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline = time.monotonic() + 10
-            while proc.poll() is None and time.monotonic() < deadline:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.05)
-            else:
-                last_error = (ndir / "stderr.log").read_text() if proc.poll() is not None else "timeout"
-                continue
-            say(f"nginx: serving {root} on http://127.0.0.1:{port}/ (pid {proc.pid})")
-            yield f"http://127.0.0.1:{port}"
-            return
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    raise BenchError(f"nginx did not start (see {ndir}/error.log): {last_error.strip()}")
-
-
-# --------------------------------------------------------------------------------------------
 # Measurements. Every timed phase starts the same way: the outputs of the phase before are
-# deleted and everything is flushed (on a VM, freshly freed page-cache memory is much cheaper
-# to reuse than memory never touched, so a phase must not inherit a different state).
+# deleted and everything is flushed (harness.PhaseDirs.reset).
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dirs:
-    work: Path
-
-    @property
-    def limit(self) -> Path:
-        return self.work / "limit"
-
-    @property
-    def aptly(self) -> Path:
-        return self.work / "aptly"
-
-    @property
-    def mirror(self) -> Path:
-        return self.work / "mirror"
-
-    def make(self, d: Path) -> Path:
-        """Create a phase directory, marked as ours (only marked directories are ever deleted)."""
-        d.mkdir(parents=True)
-        (d / MARKER).write_text("made by bench/sync_bench.py; deleted at its next run\n")
-        return d
-
-    def reset(self) -> None:
-        """Delete what any phase left, then flush: the common starting point of every phase."""
-        for d in (self.limit, self.aptly, self.mirror):
-            if d.exists():
-                if not (d / MARKER).exists():
-                    raise BenchError(f"{d} exists but was not made by this script; move it away or "
-                                     f"choose another --workdir")
-                shutil.rmtree(d)
-        os.sync()
 
 
 def warm_up(up: Upstream) -> None:
@@ -366,40 +200,15 @@ def warm_up(up: Upstream) -> None:
                          f"{bad[0]}); delete {up.root.parent} to rebuild it")
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def measure_limit(tools: Tools, dirs: Dirs, url: str, up: Upstream) -> dict[str, Any]:
+def measure_limit(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> dict[str, Any]:
     """One curl --parallel process fetching every package, then sha256 of every file; total wall."""
-    out = dirs.make(dirs.limit) / "files"
-    out.mkdir()
-    config = dirs.limit / "curl.config"
-    targets: list[tuple[Path, str]] = []
-    lines: list[str] = []
-    for filename, _size, sha in up.packages:
-        dest = out / Path(filename).name
-        lines.append(f'url = "{url}/{filename}"\noutput = "{dest}"\n')
-        targets.append((dest, sha))
-    config.write_text("".join(lines))
-    cmd = [tools.curl, "--parallel", "--parallel-max", str(PARALLEL), "--fail", "--silent",
-           "--show-error", "--config", str(config)]
-    fetch_s, fetch_cpu, _ = timed(cmd, what="curl (raw limit)")
-    cpu = time.process_time()
-    start = time.perf_counter()
-    bad = sum(1 for dest, sha in targets if file_sha256(dest) != sha)
-    hash_s = time.perf_counter() - start
-    hash_cpu = time.process_time() - cpu
-    if bad:
-        raise BenchError(f"raw limit: {bad} downloaded files do not match their SHA256")
-    return {"command": shlex.join(cmd), "fetch_s": fetch_s, "hash_s": hash_s, "total_s": fetch_s + hash_s,
-            "cpu_s": fetch_cpu + hash_cpu}
+    return harness.measure_limit(tools.curl, dirs.make(dirs.path("limit")), url,
+                                 [(filename, sha) for filename, _size, sha in up.packages], PARALLEL)
 
 
-def measure_aptly(tools: Tools, dirs: Dirs, url: str, up: Upstream) -> dict[str, Any]:
+def measure_aptly(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> dict[str, Any]:
     """`aptly mirror create` (untimed), `mirror update` (timed), then its no-op second update."""
-    adir = dirs.make(dirs.aptly)
+    adir = dirs.make(dirs.path("aptly"))
     gnupg = adir / "gnupg"  # an empty GNUPGHOME: gpgv's default trustedkeys.gpg is never the user's
     gnupg.mkdir(parents=True, mode=0o700)
     config = adir / "aptly.conf"
@@ -462,51 +271,22 @@ keyring = "{keyring}"
 fingerprints = ["{fingerprint}"]
 """
 
-_MAXRSS_RE = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
-
-
-def run_with_rss(tools: Tools, cmd: list[str], *, what: str) -> tuple[float, float, float, str]:
-    """(wall seconds, CPU seconds, peak RSS in MB, stdout) of `cmd` run to completion."""
-    env = {k: v for k, v in os.environ.items() if k != "MIRROR_CONFIG"}
-    if tools.time is not None:
-        with tempfile.NamedTemporaryFile("r", prefix="time.", suffix=".txt") as report:
-            wall, cpu, proc = timed([tools.time, "-v", "-o", report.name, *cmd], what=what, env=env,
-                                    cwd=CHECKOUT)
-            match = _MAXRSS_RE.search(Path(report.name).read_text())
-        if match is None:
-            raise BenchError(f"{tools.time} -v printed no maximum resident set size")
-        return wall, cpu, int(match.group(1)) * 1024 / MB, proc.stdout
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=CHECKOUT)
-    try:
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB)
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    stdout = child.stdout.read().decode() if child.stdout else ""
-    stderr = child.stderr.read().decode() if child.stderr else ""
-    if child.returncode != 0:
-        raise BenchError(f"{what} failed (exit {child.returncode}): {shlex.join(cmd)}\n{stdout}{stderr}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / MB, stdout
-
-
-def measure_mirror(tools: Tools, dirs: Dirs, url: str, up: Upstream, *, noop_runs: int) -> dict[str, Any]:
+def measure_mirror(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream, *,
+                   noop_runs: int) -> dict[str, Any]:
     """`mirror sync` into a fresh storage root, then `noop_runs` no-op resyncs."""
-    config = dirs.make(dirs.mirror) / "mirror.toml"
-    config.write_text(MIRROR_CONF.format(root=dirs.mirror / "var", parallel=PARALLEL, url=url, suite=SUITE,
+    mdir = dirs.make(dirs.path("mirror"))
+    config = mdir / "mirror.toml"
+    config.write_text(MIRROR_CONF.format(root=mdir / "var", parallel=PARALLEL, url=url, suite=SUITE,
                                          keyring=up.keyring_armored, fingerprint=up.fingerprint))
     cmd = [*tools.mirror, "-c", str(config), "sync", "--no-progress"]
-    wall, cpu, rss, out = run_with_rss(tools, cmd, what="mirror sync")
+    wall, cpu, rss, out = run_with_rss(tools.time, cmd, what="mirror sync")
     if not re.fullmatch(r"bench: \d{8}T\d{6}Z\s*", out):
         raise BenchError(f"mirror sync did not make a snapshot: {out.strip()!r}")
     if noop_runs:
         os.sync()
     noops: list[float] = []
     for _ in range(noop_runs):
-        t, _cpu, _rss, out = run_with_rss(tools, cmd, what="mirror sync (no-op)")
+        t, _cpu, _rss, out = run_with_rss(tools.time, cmd, what="mirror sync (no-op)")
         if out.strip() != "bench: unchanged":
             raise BenchError(f"mirror resync was not a no-op: {out.strip()!r}")
         noops.append(t)
@@ -520,10 +300,10 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
     """`rounds` rounds of the three phases, the order rotated each round (every phase runs first,
     second and third equally often when rounds is a multiple of 3); the no-op resyncs run once,
     after the last round's mirror sync."""
-    dirs = Dirs(workdir)
+    dirs = PhaseDirs(workdir, PHASES, marker=MARKER, writer="bench/sync_bench.py")
     per_round: dict[str, list[dict[str, Any]]] = {p: [] for p in PHASES}
     for r in range(rounds):
-        order = PHASES[r % 3:] + PHASES[:r % 3]
+        order = rotation(PHASES, r)
         say(f"round {r + 1}/{rounds}: {', '.join(order)}")
         for phase in order:
             dirs.reset()
@@ -545,7 +325,7 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
     noops = [t for m in mirror for t in m["noop_s"]]
     return {
         "limit": {"command": limit[0]["command"],
-                  "hash": "Python hashlib.file_digest(sha256), one thread, each checked against the index",
+                  "hash": harness.LIMIT_HASH,
                   "total_s": [x["total_s"] for x in limit], "fetch_s": [x["fetch_s"] for x in limit],
                   "hash_s": [x["hash_s"] for x in limit], "cpu_s": [x["cpu_s"] for x in limit]},
         "aptly": {"create_command": aptly[0]["create_command"], "command": aptly[0]["command"],
@@ -563,10 +343,6 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def fmt_all(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -641,10 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.packages < 1 or args.size < 1 or args.rounds < 1:
         parser.error("--packages, --size and --rounds must be positive")
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks: nginx is stopped
-
-    signal.signal(signal.SIGTERM, on_term)
+    raise_on_sigterm()  # SIGTERM unwinds through the finally blocks: nginx is stopped
     command = shlex.join([sys.executable, *sys.argv])
     say(f"command: {command}")
     load = os.getloadavg()[0]
@@ -655,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tools = find_tools(args.mirror_cli)
         workdir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(workdir_lock(workdir))
+        stack.enter_context(workdir_lock(workdir, "sync_bench"))
         up = build_upstream(workdir, args.packages, args.size)
         warm_up(up)
         results: dict[str, Any] = {

@@ -1,0 +1,336 @@
+"""Shared machinery of the sync benchmarks (`bench/sync_bench.py`, `bench/rpm_sync_bench.py`).
+
+Tools on PATH (and in the sbin directories), timed subprocesses (wall and CPU of the children),
+a per-workdir lock, nginx on a free loopback port (always stopped), phase directories that are
+only ever deleted when this code made them, the raw limit (one ``curl --parallel`` process, then
+SHA-256 of every file), peak RSS of a command, and the rotation of phases across rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+MB = 1_000_000
+#: Where the optional nginx request counter is served (see `nginx_serving(status=True)`).
+STATUS_PATH = "/.bench-nginx-status"
+
+
+class BenchError(Exception):
+    """A failure that ends the benchmark with a one-line message (exit status 2)."""
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM unwinds like SystemExit, through the finally blocks (nginx is stopped)."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+# --------------------------------------------------------------------------------------------
+# Tools and processes
+# --------------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    """`name` on PATH, or in the sbin directories (nginx lives in /usr/sbin, often off PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+        candidate = Path(d) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def gnu_time() -> str | None:
+    """GNU time, for peak RSS (None: `run_with_rss` falls back to os.wait4)."""
+    return "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` to completion; a non-zero exit is a BenchError with the tail of its output."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise BenchError(f"{what} failed (exit {proc.returncode}): {shlex.join(cmd)}\n{tail}")
+    return proc
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of all waited-for children (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: Sequence[str], *, what: str, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """(wall seconds, CPU seconds of the command and its children, the finished process)."""
+    cpu = children_cpu()
+    start = time.perf_counter()
+    proc = run(cmd, what=what, env=env, cwd=cwd)
+    return time.perf_counter() - start, children_cpu() - cpu, proc
+
+
+_MAXRSS_RE = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
+
+
+def run_with_rss(time_tool: str | None, cmd: list[str], *, what: str) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, stdout) of `cmd` run to completion in the
+    checkout, without MIRROR_CONFIG. `time_tool` is GNU time (`gnu_time()`), else os.wait4 is
+    used. Either way the peak is that of the largest single process of the tree (the kernel's
+    ru_maxrss of the child, which covers its waited-for children), not a sum."""
+    env = {k: v for k, v in os.environ.items() if k != "MIRROR_CONFIG"}
+    if time_tool is not None:
+        with tempfile.NamedTemporaryFile("r", prefix="time.", suffix=".txt") as report:
+            wall, cpu, proc = timed([time_tool, "-v", "-o", report.name, *cmd], what=what, env=env,
+                                    cwd=CHECKOUT)
+            match = _MAXRSS_RE.search(Path(report.name).read_text())
+        if match is None:
+            raise BenchError(f"{time_tool} -v printed no maximum resident set size")
+        return wall, cpu, int(match.group(1)) * 1024 / MB, proc.stdout
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=CHECKOUT)
+    try:
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    stdout = child.stdout.read().decode() if child.stdout else ""
+    stderr = child.stderr.read().decode() if child.stderr else ""
+    if child.returncode != 0:
+        raise BenchError(f"{what} failed (exit {child.returncode}): {shlex.join(cmd)}\n{stdout}{stderr}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / MB, stdout
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path, name: str) -> Iterator[None]:
+    """One benchmark at a time per workdir (each phase deletes the others' outputs)."""
+    with (workdir / ".lock").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(f"another {name} run is using {workdir}; wait for it or pass "
+                             f"--workdir") from None
+        yield
+
+
+def kill_agent(home: Path) -> None:
+    """Stop the gpg-agent that signing started for this throwaway home."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                       capture_output=True, check=False, timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# nginx
+# --------------------------------------------------------------------------------------------
+
+
+NGINX_CONF = """\
+# written by {writer}
+daemon off;
+master_process on;
+worker_processes 2;
+{user}pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex off;
+{extra}    }}
+}}
+"""
+
+_STATUS_LOCATION = f"        location = {STATUS_PATH} {{ stub_status; }}\n"
+
+
+@contextlib.contextmanager
+def nginx_serving(nginx: str, workdir: Path, root: Path, *, writer: str = "bench/sync_bench.py",
+                  status: bool = False) -> Iterator[str]:
+    """nginx serving `root` on a free loopback port; yields the base URL; always stopped.
+    `status`: also serve nginx's request counter at STATUS_PATH (see `nginx_requests`)."""
+    ndir = workdir / "nginx"
+    (ndir / "tmp").mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for _ in range(3):  # the free port may be taken between our probe and nginx's bind
+        port = free_port()
+        conf = ndir / "nginx.conf"
+        # As root, nginx's workers would switch to "nobody", who may not be able to read the tree.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf.write_text(NGINX_CONF.format(writer=writer, user=user, dir=ndir, port=port, root=root,
+                                          extra=_STATUS_LOCATION if status else ""))
+        with (ndir / "stderr.log").open("w") as stderr:  # startup errors, before error_log opens
+            proc = subprocess.Popen([nginx, "-c", str(conf), "-p", f"{ndir}/"],
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.05)
+            else:
+                last_error = (ndir / "stderr.log").read_text() if proc.poll() is not None else "timeout"
+                continue
+            say(f"nginx: serving {root} on http://127.0.0.1:{port}/ (pid {proc.pid})")
+            yield f"http://127.0.0.1:{port}"
+            return
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    raise BenchError(f"nginx did not start (see {ndir}/error.log): {last_error.strip()}")
+
+
+_REQUESTS_RE = re.compile(r"^\s*\d+\s+\d+\s+(\d+)\s*$", re.M)
+
+
+def nginx_requests(url: str) -> int:
+    """Requests nginx has served so far, this one included (stub_status; needs status=True).
+    Requests made between two calls: second - first - 1."""
+    with urllib.request.urlopen(f"{url}{STATUS_PATH}", timeout=10) as resp:
+        text = resp.read().decode()
+    match = _REQUESTS_RE.search(text)
+    if match is None:
+        raise BenchError(f"unexpected nginx stub_status output: {text!r}")
+    return int(match.group(1))
+
+
+# --------------------------------------------------------------------------------------------
+# Phase directories. Every timed phase starts the same way: the outputs of the phase before are
+# deleted and everything is flushed (on a VM, freshly freed page-cache memory is much cheaper
+# to reuse than memory never touched, so a phase must not inherit a different state).
+# --------------------------------------------------------------------------------------------
+
+
+class PhaseDirs:
+    """`work`/<phase> for each phase name, marked with `marker` when made here; only marked
+    directories are ever deleted."""
+
+    def __init__(self, work: Path, phases: Sequence[str], *, marker: str, writer: str) -> None:
+        self.work = work
+        self.phases = tuple(phases)
+        self.marker = marker
+        self.writer = writer
+
+    def path(self, phase: str) -> Path:
+        return self.work / phase
+
+    def make(self, d: Path) -> Path:
+        """Create a phase directory, marked as ours (only marked directories are ever deleted)."""
+        d.mkdir(parents=True)
+        (d / self.marker).write_text(f"made by {self.writer}; deleted at its next run\n")
+        return d
+
+    def reset(self) -> None:
+        """Delete what any phase left, then flush: the common starting point of every phase."""
+        for d in map(self.path, self.phases):
+            if d.exists():
+                if not (d / self.marker).exists():
+                    raise BenchError(f"{d} exists but was not made by this script; move it away or "
+                                     f"choose another --workdir")
+                shutil.rmtree(d)
+        os.sync()
+
+
+def rotation(phases: Sequence[str], round_index: int) -> tuple[str, ...]:
+    """The phase order of round `round_index` (0-based): rotated by one each round, so every
+    phase runs in every position equally often when the rounds are a multiple of len(phases)."""
+    k = round_index % len(phases)
+    return tuple(phases[k:]) + tuple(phases[:k])
+
+
+# --------------------------------------------------------------------------------------------
+# Raw limit
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+LIMIT_HASH = "Python hashlib.file_digest(sha256), one thread, each checked against the index"
+
+
+def measure_limit(curl: str, limit_dir: Path, url: str, packages: Sequence[tuple[str, str]],
+                  parallel: int) -> dict[str, Any]:
+    """One curl --parallel process fetching every package (`packages`: (path under `url`,
+    SHA-256)) into `limit_dir`/files, then sha256 of every file; total wall."""
+    out = limit_dir / "files"
+    out.mkdir()
+    config = limit_dir / "curl.config"
+    targets: list[tuple[Path, str]] = []
+    lines: list[str] = []
+    for filename, sha in packages:
+        dest = out / Path(filename).name
+        lines.append(f'url = "{url}/{filename}"\noutput = "{dest}"\n')
+        targets.append((dest, sha))
+    config.write_text("".join(lines))
+    cmd = [curl, "--parallel", "--parallel-max", str(parallel), "--fail", "--silent",
+           "--show-error", "--config", str(config)]
+    fetch_s, fetch_cpu, _ = timed(cmd, what="curl (raw limit)")
+    cpu = time.process_time()
+    start = time.perf_counter()
+    bad = sum(1 for dest, sha in targets if file_sha256(dest) != sha)
+    hash_s = time.perf_counter() - start
+    hash_cpu = time.process_time() - cpu
+    if bad:
+        raise BenchError(f"raw limit: {bad} downloaded files do not match their SHA256")
+    return {"command": shlex.join(cmd), "fetch_s": fetch_s, "hash_s": hash_s, "total_s": fetch_s + hash_s,
+            "cpu_s": fetch_cpu + hash_cpu}
+
+
+def fmt_all(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)

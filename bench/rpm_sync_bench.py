@@ -1,0 +1,530 @@
+"""Benchmark: `mirror sync` of a generated RPM repository, against baselines measured in the same run.
+
+    .venv/bin/python bench/rpm_sync_bench.py [--packages 2000] [--size 100000] [--workdir DIR] [--rounds 3]
+
+A measurement, not a test: it prints figures as ratios against the baselines, a pass/fail per
+target (or "report" for figures without one), and writes everything as JSON to
+``<workdir>/rpm_sync_bench.json`` (exit 0 even when a target is missed; 2 when it cannot measure).
+
+1. Upstream: ``--packages`` real .rpm files built by ``rpmbuild`` and signed by ``rpmsign``
+   (``fixtures.rpm_repo``; ``pkg00000-1.0-1.x86_64.rpm``..., ``--size`` bytes of incompressible
+   payload each), repodata by createrepo_c (``RpmRepo.publish()``), ``repomd.xml.asc`` by a
+   throwaway ed25519 key; built once and cached under ``<workdir>/upstream/``, checked and read
+   once (warm page cache) before measuring.
+2. nginx serves it on a free loopback port (2 workers, sendfile, no access log, a stub_status
+   request counter); stopped at the end, also on errors, Ctrl-C and SIGTERM.
+3. Timed in this run, ``--rounds`` rounds with the order rotated, each phase starting from the
+   same state (the previous phase's files deleted, then ``sync``); medians are reported:
+   - raw limit: one ``curl --parallel --parallel-max 10`` process fetching every package, then
+     SHA-256 of every file (``hashlib.file_digest``, one thread) checked against primary.xml;
+   - mirror, twice: ``mirror -c CFG sync --no-progress`` as a subprocess into a fresh storage
+     root (``max_parallel_downloads = 10``, the repo pinned to the throwaway key), with
+     ``package_signatures = "require"`` and with ``"ignore"``; wall time including interpreter
+     start, peak RSS;
+   - ``dnf reposync --gpgcheck --download-metadata`` (dnf-plugins-core) in an isolated dnf
+     (``fixtures.dnf_client.DnfClient``: own dnf.conf, ``reposdir``/``cachedir``/``varsdir``
+     set on the command line, an ``--installroot`` whose rpm database holds only the throwaway
+     key, imported with ``rpmkeys --root``; ``gpgcheck=1``, ``repo_gpgcheck=1``,
+     ``max_parallel_downloads=10``; only the reposync plugin loaded), then its no-op second run
+     (same command, same cache and download dir).
+4. After the last round, mirror's no-op resync (``"require"`` store) five times: median and max
+   wall time and the requests nginx served for each.
+
+Targets: limit/mirror >= 0.8 with signatures required and ignored; the rest is reported (the
+APT benchmark's targets, no-op <= 0.5 s and peak RSS <= 150 MB, are shown for reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(CHECKOUT))
+
+from bench.harness import (  # noqa: E402 (needs the checkout on sys.path)
+    LIMIT_HASH,
+    MB,
+    BenchError,
+    PhaseDirs,
+    file_sha256,
+    find_tool,
+    fmt_all,
+    gnu_time,
+    kill_agent,
+    measure_limit,
+    nginx_requests,
+    nginx_serving,
+    raise_on_sigterm,
+    rotation,
+    run,
+    run_with_rss,
+    say,
+    timed,
+    workdir_lock,
+)
+
+NAME = "rpm_sync_bench"
+WRITER = "bench/rpm_sync_bench.py"
+MARKER = ".rpm_sync_bench"
+#: Bump when the generated upstream changes shape, to rebuild cached ones.
+UPSTREAM_FORMAT = 1
+REPO = "bench"
+PARALLEL = 10
+NOOP_RUNS = 5
+RELEASEVER = "9"
+
+TARGET_LIMIT_RATIO = 0.8  # limit_time / mirror_time >= this (signatures required and ignored)
+APT_TARGET_NOOP_S = 0.5  # reference only: the APT benchmark's no-op target
+APT_TARGET_RSS_MB = 150.0  # reference only: the APT benchmark's peak RSS target
+
+PHASES = ("limit", "mirror-require", "mirror-ignore", "reposync")
+SIGNATURES = {"mirror-require": "require", "mirror-ignore": "ignore"}
+
+NS = {"repo": "http://linux.duke.edu/metadata/repo", "common": "http://linux.duke.edu/metadata/common"}
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tools:
+    nginx: str
+    curl: str
+    dnf: str
+    rpmkeys: str
+    mirror: list[str]  # argv prefix of the mirror CLI
+    time: str | None  # GNU time, for peak RSS (None: os.wait4)
+
+
+REPOSYNC_PLUGIN = Path("/usr/lib/python3/dist-packages/dnf-plugins/reposync.py")
+
+
+def find_tools() -> Tools:
+    names = ("nginx", "curl", "dnf", "rpmkeys", "rpmbuild", "rpmsign", "gpg")
+    found = {name: find_tool(name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)}. apt-get install -y nginx curl dnf rpm gpg "
+                         f"dnf-plugins-core")
+    if not REPOSYNC_PLUGIN.is_file():
+        raise BenchError(f"dnf reposync is missing ({REPOSYNC_PLUGIN}): apt-get install -y dnf-plugins-core")
+    cli = Path(sys.executable).parent / "mirror"
+    mirror = [str(cli)] if cli.is_file() else [sys.executable, "-m", "mirror.cli"]
+    return Tools(nginx=str(found["nginx"]), curl=str(found["curl"]), dnf=str(found["dnf"]),
+                 rpmkeys=str(found["rpmkeys"]), mirror=mirror, time=gnu_time())
+
+
+# --------------------------------------------------------------------------------------------
+# Upstream (built once, cached under the workdir)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    root: Path  # holds repodata/ and Packages/
+    keyring: Path  # armored public key (mirror's keyring, dnf's gpgkey=, rpmkeys --import)
+    fingerprint: str
+    packages: list[tuple[str, int, str]]  # (location href, size, sha256) from primary.xml
+    records: int  # <data> records of repomd.xml
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size, _ in self.packages)
+
+
+def read_primary(root: Path) -> tuple[list[tuple[str, int, str]], int]:
+    """(href, size, sha256) of every package of primary.xml, and the number of repomd records."""
+    repomd = ET.parse(root / "repodata" / "repomd.xml").getroot()
+    data = repomd.findall("repo:data", NS)
+    href = next(d.find("repo:location", NS) for d in data if d.get("type") == "primary")
+    assert href is not None
+    out: list[tuple[str, int, str]] = []
+    with gzip.open(root / str(href.get("href"))) as f:
+        for _event, elem in ET.iterparse(f):
+            if elem.tag != f"{{{NS['common']}}}package":
+                continue
+            checksum, location, size = (elem.find(f"common:{tag}", NS)
+                                        for tag in ("checksum", "location", "size"))
+            if checksum is None or location is None or size is None or checksum.get("type") != "sha256":
+                raise BenchError("primary.xml: a package without sha256 checksum, location or size")
+            out.append((str(location.get("href")), int(str(size.get("package"))), str(checksum.text)))
+            elem.clear()
+    return out, len(data)
+
+
+def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
+    from fixtures.keys import make_key
+    from fixtures.rpm_repo import RpmPackage, RpmRepo
+
+    base = workdir / "upstream" / f"{packages}x{size}"
+    marker = base / "complete.json"
+    params = {"format": UPSTREAM_FORMAT, "packages": packages, "size": size}
+    meta: dict[str, Any] | None = None
+    if marker.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            meta = json.loads(marker.read_text())
+    if meta is None or meta.get("params") != params:
+        if base.exists():
+            shutil.rmtree(base)
+        base.mkdir(parents=True)
+        say(f"building upstream: {packages} RPMs x {size} bytes under {base} (cached for next runs; "
+            f"unsigned builds are also cached by fixtures.rpm_repo)")
+        start = time.perf_counter()
+        home = base / "gnupg"
+        key = make_key(home, "Bench RPM Archive <bench-rpm@example.org>")
+        try:
+            repo = RpmRepo(base / "www", key)
+            repo.add(*(RpmPackage(f"pkg{i:05d}", "1.0", payload_size=size) for i in range(packages)))
+            built = time.perf_counter()
+            repo.publish(revision="1")
+            key.write_public(base / "keyring.asc", armor=True)
+        finally:
+            kill_agent(home)
+        meta = {"params": params, "fingerprint": key.fingerprint,
+                "built": datetime.now(UTC).isoformat(timespec="seconds")}
+        marker.write_text(json.dumps(meta, indent=2) + "\n")
+        say(f"  built and signed in {built - start:.1f} s, repodata in {time.perf_counter() - built:.1f} s")
+    else:
+        say(f"upstream: reusing {base}")
+    root = base / "www"
+    pkgs, records = read_primary(root)
+    if len(pkgs) != packages:
+        raise BenchError(f"the cached upstream lists {len(pkgs)} packages, expected {packages}; "
+                         f"delete {base}")
+    return Upstream(root=root, keyring=base / "keyring.asc", fingerprint=str(meta["fingerprint"]),
+                    packages=pkgs, records=records)
+
+
+def warm_up(up: Upstream) -> None:
+    """Read (and check) every upstream package once, so no phase pays for a cold page cache."""
+    bad = [href for href, _size, sha in up.packages if file_sha256(up.root / href) != sha]
+    if bad:
+        raise BenchError(f"the cached upstream is damaged ({len(bad)} packages differ from primary.xml, e.g. "
+                         f"{bad[0]}); delete {up.root.parent} to rebuild it")
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+class Requests:
+    """Requests nginx served during a block (its stub_status counter, outside the timing)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+
+    def __enter__(self) -> Requests:
+        self._start = nginx_requests(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.count = nginx_requests(self.url) - self._start - 1
+
+
+MIRROR_CONF = """\
+# written by bench/rpm_sync_bench.py
+tiers = ["dev", "test", "uat", "prod"]
+
+[storage]
+root = "{root}"
+
+[sync]
+max_parallel_downloads = {parallel}
+
+[[repos]]
+name = "{repo}"
+type = "rpm"
+url = "{url}/"
+keyring = "{keyring}"
+fingerprints = ["{fingerprint}"]
+package_signatures = "{signatures}"
+"""
+
+
+def measure_mirror(tools: Tools, dirs: PhaseDirs, phase: str, url: str, up: Upstream, *,
+                   noop_runs: int) -> dict[str, Any]:
+    """`mirror sync` into a fresh storage root, then `noop_runs` no-op resyncs."""
+    mdir = dirs.make(dirs.path(phase))
+    config = mdir / "mirror.toml"
+    config.write_text(MIRROR_CONF.format(root=mdir / "var", parallel=PARALLEL, repo=REPO, url=url,
+                                         keyring=up.keyring, fingerprint=up.fingerprint,
+                                         signatures=SIGNATURES[phase]))
+    cmd = [*tools.mirror, "-c", str(config), "sync", "--no-progress"]
+    with Requests(url) as requests:
+        wall, cpu, rss, out = run_with_rss(tools.time, cmd, what=f"mirror sync ({phase})")
+    if not re.fullmatch(rf"{REPO}: \d{{8}}T\d{{6}}Z\s*", out):
+        raise BenchError(f"mirror sync did not make a snapshot: {out.strip()!r}")
+    if noop_runs:
+        os.sync()
+    noops: list[float] = []
+    noop_requests: list[int] = []
+    for _ in range(noop_runs):
+        with Requests(url) as noop_req:
+            t, _cpu, _rss, out = run_with_rss(tools.time, cmd, what="mirror sync (no-op)")
+        if out.strip() != f"{REPO}: unchanged":
+            raise BenchError(f"mirror resync was not a no-op: {out.strip()!r}")
+        noops.append(t)
+        noop_requests.append(noop_req.count)
+    return {"command": shlex.join(cmd), "sync_s": wall, "cpu_s": cpu, "peak_rss_mb": rss,
+            "requests": requests.count, "noop_s": noops, "noop_requests": noop_requests}
+
+
+def measure_reposync(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> dict[str, Any]:
+    """`dnf reposync --gpgcheck` in an isolated dnf (timed), then its no-op second run."""
+    from fixtures.dnf_client import DnfClient
+
+    rdir = dirs.make(dirs.path("reposync"))
+    # DnfClient's sandbox (own dnf.conf, dirs on the command line, an installroot), with plugins
+    # allowed in dnf.conf: reposync is one. Only that plugin is loaded (see `cmd`).
+    dnf = DnfClient(rdir / "dnf", releasever=RELEASEVER,
+                    options={"plugins": "1", "max_parallel_downloads": str(PARALLEL)})
+    dnf.configure(REPO, f"{url}/", up.keyring)  # gpgcheck=1, repo_gpgcheck=1, gpgkey=file://...
+    env = dnf.env()
+    # reposync --gpgcheck checks with the installroot's rpm database and never imports keys.
+    run([tools.rpmkeys, "--root", str(dnf.installroot), "--import", str(up.keyring)],
+        what="rpmkeys --import (dnf installroot)", env=env)
+    args = [a for a in dnf.base_args() if a not in ("--noplugins", "--disableplugin=*")]
+    args[0] = tools.dnf
+    cmd = [*args, "--disableplugin=*", "--enableplugin=reposync", "reposync", f"--repoid={REPO}",
+           f"--download-path={dnf.downloads}", "--download-metadata", "--gpgcheck"]
+    stored = dnf.downloads / REPO
+
+    def check(proc_output: str, what: str) -> None:
+        (rdir / f"{what}.log").write_text(proc_output)
+        if "Removing" in proc_output:
+            raise BenchError(f"dnf reposync removed packages that failed the gpg check (see {rdir})")
+        rpms = sum(1 for _ in stored.rglob("*.rpm"))
+        if rpms != len(up.packages):
+            raise BenchError(f"dnf reposync stored {rpms} packages, expected {len(up.packages)}")
+
+    os.sync()
+    try:
+        with Requests(url) as requests:
+            first, cpu, proc = timed(cmd, what="dnf reposync", env=env, cwd=rdir)
+        check(proc.stdout + proc.stderr, "reposync")
+        os.sync()
+        with Requests(url) as noop_req:
+            noop, noop_cpu, proc = timed(cmd, what="dnf reposync (no-op)", env=env, cwd=rdir)
+        check(proc.stdout + proc.stderr, "reposync-noop")
+    finally:
+        # repo_gpgcheck imports the repo key into <cachedir>/<repo>-<hash>/pubring through gpgme,
+        # which starts a gpg-agent there; stop it before the directory is deleted.
+        for home in dnf.cachedir.glob("*/pubring"):
+            kill_agent(home)
+    return {"command": shlex.join(cmd), "sync_s": first, "cpu_s": cpu, "requests": requests.count,
+            "noop_s": noop, "noop_cpu_s": noop_cpu, "noop_requests": noop_req.count}
+
+
+def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) -> dict[str, Any]:
+    """`rounds` rounds of the four phases, the order rotated each round; the mirror no-op
+    resyncs run once, after the last round's `require` sync."""
+    dirs = PhaseDirs(workdir, PHASES, marker=MARKER, writer=WRITER)
+    per_round: dict[str, list[dict[str, Any]]] = {p: [] for p in PHASES}
+    for r in range(rounds):
+        order = rotation(PHASES, r)
+        say(f"round {r + 1}/{rounds}: {', '.join(order)}")
+        for phase in order:
+            dirs.reset()
+            if phase == "limit":
+                with Requests(url) as requests:
+                    res = measure_limit(tools.curl, dirs.make(dirs.path("limit")), url,
+                                        [(href, sha) for href, _size, sha in up.packages], PARALLEL)
+                res["requests"] = requests.count
+                say(f"  limit           {res['total_s']:6.2f} s  (curl {res['fetch_s']:.2f} + sha256 "
+                    f"{res['hash_s']:.2f}; CPU {res['cpu_s']:.2f} s)")
+            elif phase == "reposync":
+                res = measure_reposync(tools, dirs, url, up)
+                say(f"  reposync        {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; "
+                    f"no-op --gpgcheck {res['noop_s']:.2f} s, CPU {res['noop_cpu_s']:.2f} s)")
+            else:
+                noop_runs = NOOP_RUNS if r == rounds - 1 and phase == "mirror-require" else 0
+                res = measure_mirror(tools, dirs, phase, url, up, noop_runs=noop_runs)
+                noop = f", no-op {fmt_all(res['noop_s'])} s" if res["noop_s"] else ""
+                say(f"  {phase:<15} {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
+                    f"{res['peak_rss_mb']:.0f} MB{noop})")
+            per_round[phase].append(res)
+    limit, reposync = per_round["limit"], per_round["reposync"]
+    out: dict[str, Any] = {
+        "limit": {"command": limit[0]["command"], "hash": LIMIT_HASH,
+                  "total_s": [x["total_s"] for x in limit], "fetch_s": [x["fetch_s"] for x in limit],
+                  "hash_s": [x["hash_s"] for x in limit], "cpu_s": [x["cpu_s"] for x in limit],
+                  "requests": limit[0]["requests"]},
+        "reposync": {"command": reposync[0]["command"],
+                     "signatures": "--gpgcheck: every package checked by dnf against the installroot's "
+                                   "rpmdb (the throwaway key only); repomd.xml.asc by repo_gpgcheck=1",
+                     "max_parallel_downloads": PARALLEL,
+                     "sync_s": [x["sync_s"] for x in reposync], "cpu_s": [x["cpu_s"] for x in reposync],
+                     "requests": reposync[0]["requests"],
+                     "noop_s": [x["noop_s"] for x in reposync],
+                     "noop_cpu_s": [x["noop_cpu_s"] for x in reposync],
+                     "noop_requests": reposync[0]["noop_requests"]},
+    }
+    for phase in SIGNATURES:
+        runs = per_round[phase]
+        out[phase] = {"command": runs[0]["command"], "package_signatures": SIGNATURES[phase],
+                      "rss_source": "/usr/bin/time -v" if tools.time else "os.wait4 rusage",
+                      "sync_s": [x["sync_s"] for x in runs], "cpu_s": [x["cpu_s"] for x in runs],
+                      "peak_rss_mb": [x["peak_rss_mb"] for x in runs], "requests": runs[0]["requests"],
+                      "noop_s": [t for x in runs for t in x["noop_s"]],
+                      "noop_requests": [n for x in runs for n in x["noop_requests"]]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    med = statistics.median
+    limit_s = med(results["limit"]["total_s"])
+    req, ign, rs = results["mirror-require"], results["mirror-ignore"], results["reposync"]
+    req_s, ign_s, rs_s = med(req["sync_s"]), med(ign["sync_s"]), med(rs["sync_s"])
+    noops = req["noop_s"]
+    rss = max(req["peak_rss_mb"] + ign["peak_rss_mb"])
+    rows: list[tuple[str, float, str, str, bool | None]] = [
+        ('limit_time / mirror_time, signatures "require"', limit_s / req_s, "x", f">= {TARGET_LIMIT_RATIO}",
+         limit_s / req_s >= TARGET_LIMIT_RATIO),
+        ('limit_time / mirror_time, signatures "ignore"', limit_s / ign_s, "x", f">= {TARGET_LIMIT_RATIO}",
+         limit_s / ign_s >= TARGET_LIMIT_RATIO),
+        ("signature check: require - ignore (median walls)", req_s - ign_s, "s", "report", None),
+        ("mirror_time (require) / reposync_time (--gpgcheck)", req_s / rs_s, "x", "report", None),
+        ("reposync_time / limit_time", rs_s / limit_s, "x", "report", None),
+        (f"mirror no-op resync, median of {len(noops)}", med(noops), "s", "report", None),
+        (f"mirror no-op resync, max of {len(noops)}", max(noops), "s", "report", None),
+        ("mirror no-op resync, HTTP requests (max)", max(req["noop_requests"]), "", "report", None),
+        ("reposync no-op --gpgcheck, median", med(rs["noop_s"]), "s", "report", None),
+        ("peak RSS of the initial syncs (max)", rss, "MB", "report", None),
+    ]
+    return [{"figure": f, "value": round(v, 4), "unit": u, "target": t, "ok": ok} for f, v, u, t, ok in rows]
+
+
+def report(results: dict[str, Any]) -> None:
+    limit, rs = results["limit"], results["reposync"]
+    req, ign = results["mirror-require"], results["mirror-ignore"]
+    med = statistics.median
+    mb = results["upstream"]["bytes"] / MB
+    say("")
+    say(f"upstream: {results['upstream']['packages']} RPMs, {mb:.1f} MB, {results['upstream']['records']} "
+        f"repomd records, served by nginx ({results['nginx']['workers']} workers); {results['machine']}; "
+        f"load average {results['load_average_at_start']:.2f} at start, "
+        f"{results['load_average_at_end']:.2f} at end")
+    head = f"median of {results['rounds']} rounds"
+    say(f"  {head:<24} {'WALL':>7}  {'RATE':>9}  {'CPU':>7}  {'REQS':>5}  all walls, s (CPU = user + sys)")
+    rows_in = [("raw limit", limit["total_s"], limit["cpu_s"], limit["requests"],
+                f"curl {fmt_all(limit['fetch_s'])} + sha256 {fmt_all(limit['hash_s'])}"),
+               ('mirror, "require"', req["sync_s"], req["cpu_s"], req["requests"], "sync, incl. CLI start"),
+               ('mirror, "ignore"', ign["sync_s"], ign["cpu_s"], ign["requests"], "sync, incl. CLI start"),
+               ("dnf reposync --gpgcheck", rs["sync_s"], rs["cpu_s"], rs["requests"], "incl. metadata")]
+    for name, walls, cpus, requests, note in rows_in:
+        say(f"  {name:<24} {med(walls):6.2f}s  {mb / med(walls):4.0f} MB/s  {med(cpus):6.2f}s  "
+            f"{requests:>5}  {fmt_all(walls)} ({note})")
+    say(f"  no-op:     mirror {fmt_all(req['noop_s'])} s ({', '.join(map(str, req['noop_requests']))} "
+        f"requests); dnf reposync --gpgcheck {fmt_all(rs['noop_s'])} s (CPU {fmt_all(rs['noop_cpu_s'])} s; "
+        f"{rs['noop_requests']} requests)")
+    say("")
+    rows = results["figures"]
+    width = max(len(f["figure"]) for f in rows)
+    say(f"{'FIGURE':<{width}}  {'VALUE':>8}  {'TARGET':<8}  RESULT")
+    for f in rows:
+        if f["unit"] == "MB":
+            value = f"{f['value']:.0f} MB"
+        elif f["unit"]:
+            value = f"{f['value']:.2f} {f['unit']}"
+        else:
+            value = f"{f['value']:.0f}"
+        result = "-" if f["ok"] is None else "pass" if f["ok"] else "FAIL"
+        say(f"{f['figure']:<{width}}  {value:>8}  {f['target']:<8}  {result}")
+    say(f"  (for reference, the APT benchmark's targets: no-op resync <= {APT_TARGET_NOOP_S} s, "
+        f"peak RSS <= {APT_TARGET_RSS_MB:.0f} MB)")
+    say("")
+    say("commands:")
+    say(f"  benchmark: {results['command']}")
+    say(f"  limit:     {limit['command']}  (then sha256: {limit['hash']})")
+    say(f"  mirror:    {req['command']}  (package_signatures = \"require\"; peak RSS from "
+        f"{req['rss_source']})")
+    say(f"             {ign['command']}  (package_signatures = \"ignore\")")
+    say(f"  reposync:  {rs['command']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--packages", type=int, default=2000, help="number of RPMs (default 2000)")
+    parser.add_argument("--size", type=int, default=100_000,
+                        help="payload bytes per package (default 100000)")
+    parser.add_argument("--workdir", type=Path, default=CHECKOUT / "bench" / "out" / "rpm",
+                        help="cache and scratch directory (default bench/out/rpm/)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the four initial-sync measurements, order rotated; medians "
+                             "are reported (default 3)")
+    args = parser.parse_args(argv)
+    if args.packages < 1 or args.size < 1 or args.rounds < 1:
+        parser.error("--packages, --size and --rounds must be positive")
+
+    raise_on_sigterm()
+    command = shlex.join([sys.executable, *sys.argv])
+    say(f"command: {command}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
+    workdir: Path = args.workdir.resolve()
+    stack = contextlib.ExitStack()
+    try:
+        tools = find_tools()
+        workdir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(workdir_lock(workdir, NAME))
+        up = build_upstream(workdir, args.packages, args.size)
+        warm_up(up)
+        results: dict[str, Any] = {
+            "command": command,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "load_average_at_start": load,
+            "upstream": {"packages": len(up.packages), "bytes": up.total_bytes, "records": up.records,
+                         "path": str(up.root)},
+            "rounds": args.rounds,
+            "parallel": PARALLEL,
+        }
+        with nginx_serving(tools.nginx, workdir, up.root, writer=WRITER, status=True) as url:
+            results["nginx"] = {"url": url, "workers": 2}
+            results.update(measure(tools, workdir, url, up, args.rounds))
+        results["load_average_at_end"] = os.getloadavg()[0]
+        results["figures"] = figures(results)
+        report(results)
+        out = workdir / f"{NAME}.json"
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        say(f"\nfigures written to {out}")
+        return 0  # a measurement, not a test: missed targets are reported, not an exit status
+    except BenchError as exc:
+        print(f"{NAME}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{NAME}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stack.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
