@@ -5,8 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := gpg gpgv gpg-agent dpkg-dev apt xz-utils zstd curl python3-venv ca-certificates rpm dnf zchunk
-BENCH_PACKAGES := nginx aptly
+SYSTEM_PACKAGES := gpg gpgv gpg-agent dpkg-dev apt xz-utils zstd curl python3-venv ca-certificates rpm dnf zchunk strace
+BENCH_PACKAGES := nginx aptly wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps venv test lint typecheck run bench clean
@@ -44,10 +44,12 @@ run: install
 	$(PY) -m fixtures.demo
 
 bench: install
-	@for p in $(BENCH_PACKAGES); do command -v $$p >/dev/null || { $(SUDO) apt-get update -qq && \
+	@for p in $(BENCH_PACKAGES); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_PACKAGES); break; }; done
 	$(PY) bench/sync_bench.py
 	$(PY) bench/parse_packages.py
+	$(PY) bench/promote_bench.py
 
 clean:
 	rm -rf $(VENV) demo var .pytest_cache .mypy_cache .ruff_cache

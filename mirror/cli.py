@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from mirror import __version__
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="point a tier back at what it served before its last move")
     p.add_argument("repo", metavar="REPO")
     p.add_argument("tier", metavar="TIER")
+    p.add_argument("--force", action="store_true",
+                   help="override the tier policy (e.g. an older upstream Date); recorded as forced")
     p.add_argument("--reason", metavar="R", help="why (kept in the history)")
     p.add_argument("--expect", metavar="ID", help="compare-and-swap: refuse unless TIER serves ID now")
     p.add_argument("--json", action="store_true")
@@ -69,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="re-hash every stored file against its recorded digest")
     p.add_argument("repo", nargs="?", metavar="REPO")
+    p.add_argument("--repair", action="store_true",
+                   help="fetch a verified replacement of each damaged file from upstream; "
+                        "quarantine the rest")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    p = sub.add_parser("status", help="per repo: last successful sync, upstream expiry, damage; "
+                                      "exit status 1 when a repo is stale or expiring")
+    p.add_argument("repos", nargs="*", metavar="REPO")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("gc", help="remove snapshots nothing needs, then pool files nothing references")
+    p.add_argument("repo", nargs="?", metavar="REPO", help="only this repo's snapshots (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true")
 
     sub.add_parser("serve", help="serve the repositories on repo_port and the API on api_port")
     sub.add_parser("check-config", help="validate the configuration and exit")
@@ -80,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        check_names(args)
         settings = load(config_path(args.config))
         handler = COMMANDS[args.command]
         return handler(settings, args)
@@ -89,6 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mirror: interrupted", file=sys.stderr)
         return 130
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Repo, tier and snapshot names from the command line, before anything looks them up
+    (mirror.names: no `..`, separators or control characters; exit 2 with the reason)."""
+    from mirror.names import check_repo, check_snapshot, check_tier
+
+    for name in getattr(args, "repos", None) or ():
+        check_repo(name)
+    checks = (("repo", check_repo), ("to", check_tier), ("from_tier", check_tier), ("tier", check_tier),
+              ("snapshot", check_snapshot))
+    for attr, check in checks:
+        value = getattr(args, attr, None)
+        if value is not None:
+            check(value)
+    expect = getattr(args, "expect", None)
+    if expect is not None and expect.lower() != "none":
+        check_snapshot(expect)
 
 
 def _store(settings: Settings) -> Any:
@@ -120,7 +157,30 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{r.repo}: error: {r.error}")
         else:
             print(f"{r.repo}: {r.snapshot or 'unchanged'}")
+    _issue_releases(settings, store)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _issue_releases(settings: Settings, store: Any, only: tuple[str, str] | None = None) -> None:
+    """Re-issue the Release files of tiers with tier_signing "mirror" that a move (or time) made
+    due; `mirror serve` does the same in the background. Problems are warnings: the move stands."""
+    from mirror.releases import ReleaseIssuer
+
+    if only is not None and settings.repo(only[0]).tier_signing != "mirror":
+        return
+    try:
+        issuer = ReleaseIssuer.for_settings(settings, store)
+        if issuer is None:
+            return
+        if only is not None:
+            issuer.issue(*only)
+            return
+        _issued, failed = issuer.issue_due()
+    except MirrorError as exc:
+        print(f"mirror: warning: Release files not re-issued: {exc}", file=sys.stderr)
+        return
+    for repo, tier, error in failed:
+        print(f"mirror: warning: {repo} {tier}: Release files not re-issued: {error}", file=sys.stderr)
 
 
 def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
@@ -140,7 +200,7 @@ def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
 def _tiers(settings: Settings) -> Any:
     from mirror.tiers import Tiers
 
-    return Tiers(_store(settings), settings.tiers)
+    return Tiers.for_settings(_store(settings), settings)
 
 
 def _actor() -> str:
@@ -193,18 +253,24 @@ def _print_move(result: Any, as_json: bool) -> None:
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     settings.repo(args.repo)
-    result = _tiers(settings).promote(args.repo, args.to, from_tier=args.from_tier, snapshot=args.snapshot,
-                                      actor=_actor(), reason=args.reason, force=args.force,
-                                      expected=_expectation(args.expect))
+    tiers = _tiers(settings)
+    result = tiers.promote(args.repo, args.to, from_tier=args.from_tier, snapshot=args.snapshot,
+                           actor=_actor(), reason=args.reason, force=args.force,
+                           expected=_expectation(args.expect))
     _print_move(result, args.json)
+    if result.changed:
+        _issue_releases(settings, tiers.store, (args.repo, args.to))
     return 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     settings.repo(args.repo)
-    result = _tiers(settings).rollback(args.repo, args.tier, actor=_actor(), reason=args.reason,
-                                       expected=_expectation(args.expect))
+    tiers = _tiers(settings)
+    result = tiers.rollback(args.repo, args.tier, actor=_actor(), reason=args.reason, force=args.force,
+                            expected=_expectation(args.expect))
     _print_move(result, args.json)
+    if result.changed:
+        _issue_releases(settings, tiers.store, (args.repo, args.tier))
     return 0
 
 
@@ -234,17 +300,125 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from mirror.integrity import verify_pool
+    """Exit status 0: nothing damaged (or all of it repaired); 1: damage remains."""
+    from mirror.integrity import record, repair, verify_pool
 
     if args.repo:
         settings.repo(args.repo)
-    report = verify_pool(settings, _store(settings), args.repo)
+    store = _store(settings)
+    show = sys.stderr.isatty() and not args.no_progress and not args.json
+    with _verify_progress(show) as progress:
+        report = verify_pool(settings, store, args.repo, progress=progress)
+    try:
+        if args.repair and report.damaged:
+            asyncio.run(repair(settings, store, report))
+    finally:
+        record(store, report, repair_tried=args.repair)
+    if args.json:
+        print(json.dumps({
+            "checked": report.checked, "bytes": report.bytes, "remaining": len(report.remaining),
+            "damaged": [{"sha256": d.sha256, "size": d.size, "problem": d.problem, "repaired": d.repaired,
+                         "repair": d.repair,
+                         "references": [{"repo": r, "snapshot": sn, "path": p} for r, sn, p in d.references]}
+                        for d in report.damaged]}, indent=2))
+        return 1 if report.remaining else 0
     for damage in report.damaged:
-        users = ", ".join(f"{r}/{s}/{p}" for r, s, p in damage.references[:5])
+        users = ", ".join(f"{r}/{sn}/{p}" for r, sn, p in damage.references[:5])
         more = f" (+{len(damage.references) - 5} more)" if len(damage.references) > 5 else ""
-        print(f"damaged: {damage.sha256}: {damage.problem}; used by {users}{more}")
-    print(f"verified {report.checked} files, {_size(report.bytes)}: {len(report.damaged)} damaged")
-    return 1 if report.damaged else 0
+        print(f"damaged: {damage.sha256} ({damage.size} bytes): {damage.problem}; used by {users}{more}")
+        if damage.repaired:
+            print(f"  repaired: {damage.repair}")
+        elif args.repair:
+            print(f"  not repaired: {damage.repair}")
+    repaired = len(report.damaged) - len(report.remaining)
+    print(f"verified {report.checked} files, {_size(report.bytes)}: {len(report.damaged)} damaged"
+          + (f", {repaired} repaired" if args.repair else ""))
+    return 1 if report.remaining else 0
+
+
+@contextlib.contextmanager
+def _verify_progress(show: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A progress bar on the terminal for `mirror verify` (files and bytes hashed)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    bar = Progress(TextColumn("verify"), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
+                   TransferSpeedColumn(), transient=True)
+    task = bar.add_task("verify", total=None, files="")
+
+    def update(done: int, done_bytes: int, total: int, total_bytes: int) -> None:
+        bar.update(task, completed=done_bytes, total=total_bytes or None, files=f"{done}/{total} files")
+
+    with bar:
+        yield update
+
+
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from mirror.gc import collect_garbage
+
+    if args.repo:
+        settings.repo(args.repo)
+    report = collect_garbage(settings, _store(settings), [args.repo] if args.repo else None,
+                             dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in report.repos:
+        ids = f": {', '.join(entry.removed)}" if entry.removed else ""
+        print(f"{entry.repo}: {verb} {len(entry.removed)} snapshots, kept {entry.kept}{ids}")
+    if report.releases_removed:
+        print(f"re-issued Release records: {verb} {report.releases_removed}")
+    if report.swept:
+        print(f"pool: {verb} {report.files_removed} files, {_size(report.bytes_removed)}"
+              f" (+ {report.unrecorded_removed} unrecorded files, {_size(report.unrecorded_bytes)})")
+    else:
+        print(f"pool: not swept: {report.sweep_skipped}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit status 0: every repo fresh; 1: a repo is stale (no successful sync within
+    `[sync] stale_after`) or a tier serves upstream metadata expiring within `expiry_warning`."""
+    from mirror.status import duration_text, repo_statuses
+
+    for name in args.repos:
+        settings.repo(name)
+    statuses = repo_statuses(_store(settings), args.repos or settings.repo_names,
+                             stale_after=settings.sync.stale_after,
+                             expiry_warning=settings.sync.expiry_warning, tier_order=settings.tiers)
+    if args.json:
+        print(json.dumps({"ok": all(s.ok for s in statuses), "stale_after": settings.sync.stale_after,
+                          "expiry_warning": settings.sync.expiry_warning,
+                          "repos": [s.as_json() for s in statuses]}, indent=2))
+        return 0 if all(s.ok for s in statuses) else 1
+    for st in statuses:
+        state = ", ".join(w for w, on in (("STALE", st.stale), ("EXPIRING", st.expiring)) if on) or "ok"
+        success = st.last_success.strftime("%Y-%m-%dT%H:%M:%SZ") if st.last_success else "never"
+        ago = f" ({duration_text(st.since_success)} ago)" if st.since_success is not None else ""
+        print(f"{st.repo}: {state}; last successful sync {success}{ago}")
+        run = st.last_run
+        if run is not None:
+            what = (run.snapshot or "") if run.outcome != "failed" else f"{run.error_code}: {run.message}"
+            print(f"  last sync: {run.outcome}{' ' + what if what else ''}")
+        if st.running:
+            print("  a sync is running now")
+        for t in st.tiers:
+            if t.valid_until is None:
+                expiry = "no Valid-Until"
+            else:
+                left = (f"expired {duration_text(-t.remaining)} ago" if t.remaining is not None
+                        and t.remaining < 0 else f"{duration_text(t.remaining)} left")
+                expiry = f"valid until {t.valid_until.strftime('%Y-%m-%dT%H:%M:%SZ')} ({left})"
+            print(f"  {t.tier:<8} {t.snapshot}  {expiry}{'  EXPIRING' if t.expiring else ''}")
+        if st.damaged:
+            print(f"  degraded: {st.damaged} damaged objects at the last verify "
+                  "(run `mirror verify --repair`)")
+        for problem in st.problems:
+            print(f"  ! {problem}")
+    return 0 if all(s.ok for s in statuses) else 1
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -264,8 +438,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sync": cmd_sync, "snapshots": cmd_snapshots, "tiers": cmd_tiers, "promote": cmd_promote,
-            "rollback": cmd_rollback, "history": cmd_history, "verify": cmd_verify, "serve": cmd_serve,
-            "check-config": cmd_check_config}
+            "rollback": cmd_rollback, "history": cmd_history, "verify": cmd_verify, "gc": cmd_gc,
+            "serve": cmd_serve, "check-config": cmd_check_config, "status": cmd_status}
 
 
 def _size(n: int) -> str:

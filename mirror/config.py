@@ -38,6 +38,9 @@ class ServerSettings:
     token_file: Path | None = None
     read_auth: bool = False  # true: read calls of the API need a token too
     grace_period: float = 3600.0  # seconds a tier keeps answering for the snapshots it served before
+    header_timeout: float = 10.0  # seconds to deliver a complete request head (mirror.web.guard)
+    idle_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
+    max_connections_per_client: int = 64  # open connections per client address, per port
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,23 @@ class SyncSettings:
     retries: int = 4
     max_root_file_size: int = 10 * 1024 * 1024
     max_index_size: int = 2 * 1024 * 1024 * 1024
+    stale_after: float = 2 * 86400.0  # seconds without a successful sync before a repo is stale
+    expiry_warning: float = 86400.0  # seconds before a served snapshot's Valid-Until to warn
 
 
 @dataclass(frozen=True)
 class SigningSettings:
     gnupghome: Path
     key: str
+    valid_for: float = 7 * 86400.0  # seconds: Valid-Until of the Release files the mirror re-issues
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """What `mirror gc` keeps besides what tiers, rollbacks and grace windows need (0 = off)."""
+
+    keep_last: int = 10  # the newest N snapshots of a repo
+    keep_days: int = 30  # snapshots younger than D days
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,10 @@ class RepoSettings:
     sources: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    tier_signing: str | None = None
+    # "upstream" | "mirror"; resolved at load: APT "mirror" when [signing] exists, else "upstream"
+    tier_signing: str = "upstream"
     package_signatures: str = "require"  # RPM: "require" | "ignore"
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class Settings:
     sync: SyncSettings = field(default_factory=SyncSettings)
     signing: SigningSettings | None = None
     repos: tuple[RepoSettings, ...] = ()
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def repo(self, name: str) -> RepoSettings:
         for repo in self.repos:
@@ -211,6 +228,10 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
             token_file=srv.path_value("token_file"),
             read_auth=srv.get("read_auth", bool, server.read_auth),
             grace_period=_duration(srv, "grace_period", server.grace_period),
+            header_timeout=_timeout(srv, "header_timeout", server.header_timeout),
+            idle_timeout=_timeout(srv, "idle_timeout", server.idle_timeout),
+            max_connections_per_client=_positive(srv, "max_connections_per_client",
+                                                 server.max_connections_per_client),
         )
         srv.finish()
 
@@ -223,6 +244,8 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
             retries=_positive(syn, "retries", sync.retries, minimum=0),
             max_root_file_size=_positive(syn, "max_root_file_size", sync.max_root_file_size),
             max_index_size=_positive(syn, "max_index_size", sync.max_index_size),
+            stale_after=_positive_duration(syn, "stale_after", sync.stale_after),
+            expiry_warning=_duration(syn, "expiry_warning", sync.expiry_warning),
         )
         syn.finish()
 
@@ -230,8 +253,20 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
     if (sig := top.table("signing")) is not None:
         home = sig.path_value("gnupghome", required=True)
         assert home is not None
-        signing = SigningSettings(gnupghome=home, key=sig.get("key", str, required=True))
+        key = sig.get("key", str, required=True)
+        if not key.strip():
+            raise sig.fail("key", "must not be empty")
+        valid_for = _duration(sig, "valid_for", SigningSettings.valid_for)
+        if valid_for < 3600:
+            raise sig.fail("valid_for", "must be at least 1 hour (\"1h\"): it is refreshed at half")
         sig.finish()
+        if check_keys:
+            _check_signing_key(sig, home, key)
+        signing = SigningSettings(gnupghome=home, key=key, valid_for=valid_for)
+
+    retention = RetentionSettings()
+    if (ret := top.table("retention")) is not None:
+        retention = _retention(ret, retention)
 
     repos_raw = top.get("repos", list, [])
     repos: list[RepoSettings] = []
@@ -239,18 +274,19 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
     for i, item in enumerate(repos_raw):
         if not isinstance(item, dict):
             raise top.fail(f"repos[{i}]", "must be a table ([[repos]])")
-        repo = _repo(_Reader(path, item, f"repos[{i}]"), check_keys=check_keys)
+        repo = _repo(_Reader(path, item, f"repos[{i}]"), check_keys=check_keys, signing=signing is not None,
+                     retention=retention)
         if repo.name in names:
             raise top.fail(f"repos[{i}].name", f"duplicate repo name {repo.name!r}")
         names.add(repo.name)
         repos.append(repo)
     top.finish()
     return Settings(source=path, tiers=tiers, storage=storage, server=server, sync=sync,
-                    signing=signing, repos=tuple(repos))
+                    signing=signing, repos=tuple(repos), retention=retention)
 
 
 def _valid_tier(name: str) -> bool:
-    return bool(TIER_NAME_RE.match(name)) and name not in RESERVED_TIERS
+    return bool(TIER_NAME_RE.fullmatch(name)) and name not in RESERVED_TIERS
 
 
 def _port(r: _Reader, key: str, default: int) -> int:
@@ -291,6 +327,21 @@ def _duration(r: _Reader, key: str, default: float) -> float:
     return seconds
 
 
+def _positive_duration(r: _Reader, key: str, default: float) -> float:
+    seconds = _duration(r, key, default)
+    if seconds <= 0:
+        raise r.fail(key, "must be longer than zero")
+    return seconds
+
+
+def _timeout(r: _Reader, key: str, default: float) -> float:
+    """A duration of more than 0 and at most a day (a unit typo such as "10d" is refused)."""
+    value = _duration(r, key, default)
+    if not 0 < value <= 86400:
+        raise r.fail(key, "must be more than 0 and at most 1 day")
+    return value
+
+
 def _positive_f(r: _Reader, key: str, default: float) -> float:
     value = r.get(key, float, default)
     if value <= 0:
@@ -298,10 +349,28 @@ def _positive_f(r: _Reader, key: str, default: float) -> float:
     return value
 
 
-def _repo(r: _Reader, *, check_keys: bool) -> RepoSettings:
+def _retention(r: _Reader, base: RetentionSettings) -> RetentionSettings:
+    """`[retention]` or a repo's `retention = {...}`: keys left out keep `base`'s values."""
+    value = RetentionSettings(keep_last=_positive(r, "keep_last", base.keep_last, minimum=0),
+                              keep_days=_positive(r, "keep_days", base.keep_days, minimum=0))
+    r.finish()
+    return value
+
+
+def _check_signing_key(r: _Reader, home: Path, key: str) -> None:
+    from mirror.signing import SigningKeyError, check_signing_key
+
+    try:
+        check_signing_key(home, key)
+    except SigningKeyError as exc:
+        raise r.fail("key", f"{key!r} in gnupghome {home}: {exc}") from None
+
+
+def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
+          retention: RetentionSettings | None = None) -> RepoSettings:
     name = r.get("name", str, required=True)
-    if not REPO_NAME_RE.match(name):
-        raise r.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]*")
+    if not REPO_NAME_RE.fullmatch(name) or ".." in name:
+        raise r.fail("name", f"{name!r} must match [a-z0-9][a-z0-9._-]* without '..'")
     kind = r.get("type", str, required=True)
     if kind not in ("deb", "rpm"):
         raise r.fail("type", f"{kind!r} must be \"deb\" or \"rpm\"")
@@ -344,8 +413,16 @@ def _repo(r: _Reader, *, check_keys: bool) -> RepoSettings:
     if include or exclude:
         raise r.fail("include" if include else "exclude",
                      "package filters are not supported by this version yet")
-    if tier_signing == "mirror":
-        raise r.fail("tier_signing", "\"mirror\" is not supported by this version yet")
+    if tier_signing == "mirror" and kind == "rpm":
+        raise r.fail("tier_signing", "\"mirror\" applies to deb repos only (RPM clients neither refuse "
+                                     "an older repomd.xml nor one past a validity date)")
+    if tier_signing == "mirror" and not signing:
+        raise r.fail("tier_signing", "\"mirror\" needs the mirror's own key: configure [signing]")
+    if tier_signing is None:
+        tier_signing = "mirror" if kind == "deb" and signing else "upstream"
+    repo_retention = retention or RetentionSettings()
+    if (ret := r.table("retention")) is not None:
+        repo_retention = _retention(ret, repo_retention)
     package_signatures = r.get("package_signatures", str, "require")
     if package_signatures not in ("require", "ignore"):
         raise r.fail("package_signatures", f"{package_signatures!r} must be \"require\" or \"ignore\"")
@@ -356,6 +433,7 @@ def _repo(r: _Reader, *, check_keys: bool) -> RepoSettings:
         name=name, type=kind, url=url, keyring=keyring, fingerprints=fingerprints, suites=suites,
         components=components, architectures=architectures, languages=languages, sources=sources,
         include=include, exclude=exclude, tier_signing=tier_signing, package_signatures=package_signatures,
+        retention=repo_retention,
     )
 
 

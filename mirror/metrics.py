@@ -4,6 +4,10 @@ state database at scrape time (so the `mirror sync` CLI process never has to pus
 Per repo: last successful sync time, last sync duration, files and bytes fetched, failed syncs by
 error code, syncs running, snapshot count; per tier: the age of the served snapshot, since when it
 serves it, and the earliest upstream `Valid-Until` of its roots (alert before clients refuse it).
+Staleness as `mirror status` judges it (`mirror.status`): seconds since the last successful sync,
+seconds of upstream validity left per tier, and the stale / expiring flags for the configured
+thresholds. The last `mirror verify` per repo: when, objects checked, still damaged, repaired, and
+per tier whether the served snapshot uses a damaged object (degraded).
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class StateCollector(Collector):
     """Reads the state database on every scrape."""
 
-    def __init__(self, store: Store, repos: Sequence[str], clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, store: Store, repos: Sequence[str], clock: Callable[[], datetime] = utcnow, *,
+                 stale_after: float | None = None, expiry_warning: float | None = None) -> None:
+        from mirror.config import SyncSettings
+
         self.store = store
         self.repos = tuple(repos)
         self.clock = clock
+        self.stale_after = stale_after if stale_after is not None else SyncSettings.stale_after
+        self.expiry_warning = expiry_warning if expiry_warning is not None else SyncSettings.expiry_warning
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
@@ -81,6 +90,62 @@ class StateCollector(Collector):
                 valid.add_metric([served.repo, served.tier], served.valid_until.timestamp())
         yield from (last_success, duration, files, size, failures, running, snapshots, age, info, since,
                       valid)
+        yield from self._staleness(now)
+        yield from self._verify()
+
+    def _staleness(self, now: datetime) -> Iterator[Metric]:
+        from mirror.status import repo_statuses
+
+        since = GaugeMetricFamily("mirror_sync_last_success_age_seconds",
+                                  "Seconds since the last successful sync of the repo", labels=["repo"])
+        stale = GaugeMetricFamily("mirror_repo_stale",
+                                  "1 when no sync of the repo succeeded within [sync] stale_after",
+                                  labels=["repo"])
+        expiring = GaugeMetricFamily("mirror_repo_expiring",
+                                     "1 when a tier serves upstream metadata expiring within "
+                                     "[sync] expiry_warning (or expired)", labels=["repo"])
+        remaining = GaugeMetricFamily("mirror_tier_valid_until_remaining_seconds",
+                                      "Seconds until the served snapshot's upstream Valid-Until "
+                                      "(negative: expired)", labels=["repo", "tier"])
+        for st in repo_statuses(self.store, self.repos, stale_after=self.stale_after,
+                                expiry_warning=self.expiry_warning, now=now):
+            if st.since_success is not None:
+                since.add_metric([st.repo], st.since_success)
+            stale.add_metric([st.repo], int(st.stale))
+            expiring.add_metric([st.repo], int(st.expiring))
+            for t in st.tiers:
+                if t.remaining is not None:
+                    remaining.add_metric([st.repo, t.tier], t.remaining)
+        yield from (since, stale, expiring, remaining)
+
+    def _verify(self) -> Iterator[Metric]:
+        when = GaugeMetricFamily("mirror_verify_last_timestamp_seconds",
+                                 "When the last `mirror verify` covering the repo finished (Unix time)",
+                                 labels=["repo"])
+        checked = GaugeMetricFamily("mirror_verify_checked_objects",
+                                    "Pool objects the last verify of the repo re-hashed", labels=["repo"])
+        damaged = GaugeMetricFamily("mirror_verify_damaged_objects",
+                                    "Objects the last verify of the repo found damaged and left so",
+                                    labels=["repo"])
+        repaired = GaugeMetricFamily("mirror_verify_repaired_objects",
+                                     "Objects the last verify of the repo repaired from upstream",
+                                     labels=["repo"])
+        degraded = GaugeMetricFamily("mirror_tier_degraded",
+                                     "1 when the tier serves a snapshot using an object the last verify "
+                                     "left damaged", labels=["repo", "tier"])
+        configured = set(self.repos)
+        for result in self.store.verify_results():
+            if result.repo not in configured:
+                continue
+            when.add_metric([result.repo], result.finished.timestamp())
+            checked.add_metric([result.repo], result.files)
+            damaged.add_metric([result.repo], result.damaged)
+            repaired.add_metric([result.repo], result.repaired)
+        broken = {(d.repo, d.snapshot) for d in self.store.verify_damage()}
+        for (repo, tier), snapshot in sorted(self.store.all_tier_pointers().items()):
+            if repo in configured:
+                degraded.add_metric([repo, tier], int((repo, snapshot) in broken))
+        yield from (when, checked, damaged, repaired, degraded)
 
 
 class Metrics:
@@ -93,8 +158,10 @@ class Metrics:
         self.auth_failures = Counter("mirror_api_auth_failures",
                                      "API calls refused for want of a valid token", registry=self.registry)
 
-    def add_state(self, store: Store, repos: Sequence[str]) -> None:
-        self.registry.register(StateCollector(store, repos))
+    def add_state(self, store: Store, repos: Sequence[str], *, stale_after: float | None = None,
+                  expiry_warning: float | None = None) -> None:
+        self.registry.register(StateCollector(store, repos, stale_after=stale_after,
+                                              expiry_warning=expiry_warning))
 
     def count_responses(self, app: web.Application, server: str) -> None:
         """Count every response `app` sends, by status, as `server` ("repo" or "api")."""

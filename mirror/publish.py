@@ -10,22 +10,34 @@ packages. Under a tier's path, a file the current snapshot lacks is therefore lo
 snapshots the tier served within the grace window (newest first): those named by the `from`
 side of the tier's moves made within the window. The current snapshot always wins, so a path
 only ever resolves to bytes some verified snapshot of that tier listed under that very path.
+
+Repos with `tier_signing = "mirror"` (`mirror_signed`): under a tier's path, a suite's
+`InRelease`, `Release` and `Release.gpg` are the ones the mirror re-issued for that tier
+(`mirror.releases`): the newest issue whose snapshot the tier serves or still answers for within
+the grace window. The upstream's own signed root files are never served there (only under
+`/snapshots/`, byte for byte), so a client trusting only the mirror's key never sees a mix.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from mirror.model import ManifestEntry, utcnow
+from mirror.model import EntryKind, ManifestEntry, utcnow
 from mirror.pool import Pool
 from mirror.store import Store
 
 MANIFEST_CACHE = 16
+
+
+AFFINITY = timedelta(seconds=60)  # how long a client keeps the snapshot of the root file it read
+AFFINITY_MAX = 100_000  # remembered (client, repo, tier) pins; expired ones are pruned past this
+ROOT_NAMES = ("repomd.xml", "InRelease", "Release")  # reading one of these pins the client
 
 
 @dataclass(frozen=True)
@@ -42,26 +54,31 @@ class _View:
 
     pointers: dict[tuple[str, str], str]
     recent: dict[tuple[str, str], tuple[_Recent, ...]]
+    # (repo, tier) -> path -> ((snapshot, entry), ...) of re-issued Release files, newest first
+    issued: dict[tuple[str, str], dict[str, tuple[tuple[str, ManifestEntry], ...]]]
 
 
 class StoreCatalog:
     """The `mirror.web.repo.Catalog` the server resolves requests through.
 
     `grace` is how long after a move a tier still answers for the snapshots it served before;
-    `clock` is injectable for tests."""
+    `mirror_signed` names the repos whose tiers serve re-issued Release files; `clock` is
+    injectable for tests."""
 
     def __init__(self, store: Store, pool: Pool, public_key: Path | None = None, *,
                  grace: timedelta = timedelta(hours=1),
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, mirror_signed: Collection[str] = ()) -> None:
         self.store = store
         self.pool = pool
         self.public_key = public_key
         self.grace = grace
         self.clock = clock
+        self.mirror_signed = frozenset(mirror_signed)
         self._lock = threading.Lock()
         self._version: tuple[int, int] | None = None
-        self._view = _View({}, {})
+        self._view = _View({}, {}, {})
         self._manifests: OrderedDict[tuple[str, str], dict[str, ManifestEntry]] = OrderedDict()
+        self._affinity: dict[tuple[str, str, str], tuple[str, float]] = {}
 
     def _current_view(self) -> _View:
         with self._lock:
@@ -76,9 +93,25 @@ class StoreCatalog:
                         if move.from_snapshot is not None:
                             recent.setdefault((move.repo, move.tier), []).append(
                                 _Recent(move.from_snapshot, move.at))
-                self._view = _View(pointers, {k: tuple(v) for k, v in recent.items()})
+                self._view = _View(pointers, {k: tuple(v) for k, v in recent.items()}, self._load_issued())
                 self._version = version
+                # gc may have removed a snapshot: forget its cached manifest
+                for key in [k for k in self._manifests if not self.store.has_snapshot(*k)]:
+                    del self._manifests[key]
             return self._view
+
+    def _load_issued(self) -> dict[tuple[str, str], dict[str, tuple[tuple[str, ManifestEntry], ...]]]:
+        if not self.mirror_signed:
+            return {}
+        issued: dict[tuple[str, str], dict[str, list[tuple[str, ManifestEntry]]]] = {}
+        for release in self.store.tier_releases():  # newest first
+            if release.repo not in self.mirror_signed:
+                continue
+            paths = issued.setdefault((release.repo, release.tier), {})
+            for path, (sha256, size) in release.files().items():
+                paths.setdefault(path, []).append(
+                    (release.snapshot, ManifestEntry(path, sha256, size, EntryKind.ROOT)))
+        return {key: {path: tuple(v) for path, v in paths.items()} for key, paths in issued.items()}
 
     def _manifest(self, repo: str, snapshot: str) -> dict[str, ManifestEntry] | None:
         key = (repo, snapshot)
@@ -96,10 +129,27 @@ class StoreCatalog:
                 self._manifests.popitem(last=False)
         return manifest
 
-    def lookup_tier(self, tier: str, repo: str, path: str) -> ManifestEntry | None:
+    def lookup_tier(self, tier: str, repo: str, path: str, client: str | None = None) -> ManifestEntry | None:
         view = self._current_view()
         key = (repo, tier)
         snapshot = view.pointers.get(key)
+        if repo not in self.mirror_signed:
+            if path.endswith(ROOT_NAMES):  # a root file always comes from the current snapshot
+                entry = self._resolve(view, key, snapshot, path)
+                if client is not None and entry is not None and entry.kind is EntryKind.ROOT:
+                    self._pin(client, key, snapshot)
+                return entry
+            return self._resolve(view, key, self._pinned(view, key, snapshot, client) or snapshot, path)
+        issued = view.issued.get(key, {}).get(path)
+        if issued is not None:
+            serving = {snapshot, *self._graced(view, key, snapshot)}
+            return next((entry for snap, entry in issued if snap in serving), None)
+        entry = self._resolve(view, key, snapshot, path)
+        return None if entry is not None and entry.kind is EntryKind.ROOT else entry
+
+    def _resolve(self, view: _View, key: tuple[str, str], snapshot: str | None,
+                 path: str) -> ManifestEntry | None:
+        repo = key[0]
         if snapshot is not None and (entry := self.lookup_snapshot(repo, snapshot, path)) is not None:
             return entry
         recent = view.recent.get(key)
@@ -114,16 +164,46 @@ class StoreCatalog:
                 return entry
         return None
 
-    def grace_snapshots(self, repo: str, tier: str) -> list[str]:
-        """The snapshots other than the current one that `tier` still answers for, newest first."""
-        view = self._current_view()
-        current = view.pointers.get((repo, tier))
+    def _pinned(self, view: _View, key: tuple[str, str], current: str | None,
+                client: str | None) -> str | None:
+        """The snapshot this client read its root metadata from, while the tier still answers for it.
+
+        A client reads a root file and then, in separate requests, its detached signature and the
+        files it names (dnf: repomd.xml, then repomd.xml.asc, then primary...). If the tier moves
+        in between, the signature would belong to another snapshot; so for AFFINITY after reading a
+        root file, a client keeps being answered from that snapshot (within the grace window)."""
+        if client is None:
+            return None
+        with self._lock:
+            pin = self._affinity.get((client, *key))
+        if pin is None or pin[1] < time.monotonic():
+            return None
+        snapshot = pin[0]
+        return snapshot if snapshot == current or snapshot in self._graced(view, key, current) else None
+
+    def _pin(self, client: str, key: tuple[str, str], snapshot: str | None) -> None:
+        if snapshot is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._affinity) > AFFINITY_MAX:
+                self._affinity = {k: v for k, v in self._affinity.items() if v[1] >= now}
+                if len(self._affinity) > AFFINITY_MAX:
+                    self._affinity.clear()
+            self._affinity[(client, *key)] = (snapshot, now + AFFINITY.total_seconds())
+
+    def _graced(self, view: _View, key: tuple[str, str], current: str | None) -> list[str]:
         horizon = self.clock() - self.grace
         seen: list[str] = []
-        for served in view.recent.get((repo, tier), ()):
+        for served in view.recent.get(key, ()):
             if served.until >= horizon and served.snapshot != current and served.snapshot not in seen:
                 seen.append(served.snapshot)
         return seen
+
+    def grace_snapshots(self, repo: str, tier: str) -> list[str]:
+        """The snapshots other than the current one that `tier` still answers for, newest first."""
+        view = self._current_view()
+        return self._graced(view, (repo, tier), view.pointers.get((repo, tier)))
 
     def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None:
         manifest = self._manifest(repo, snapshot)

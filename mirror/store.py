@@ -12,13 +12,13 @@ import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mirror.errors import NotFoundError, StorageError
+from mirror.errors import NoSpaceError, NotFoundError, StorageError
 from mirror.model import (
     EntryKind,
     ManifestEntry,
@@ -67,6 +67,24 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE sync_runs ADD COLUMN actor TEXT",
         "CREATE INDEX sync_runs_repo ON sync_runs (repo, id)",
     )),
+    (3, "Release files the mirror re-issued and signed for tiers (tier_signing = mirror)", (
+        # one row per issue: the three files are pool blobs (also recorded in `blobs`)
+        """CREATE TABLE tier_releases (
+            id INTEGER PRIMARY KEY, repo TEXT NOT NULL, tier TEXT NOT NULL, suite TEXT NOT NULL,
+            snapshot TEXT NOT NULL, issued TEXT NOT NULL, valid_until TEXT NOT NULL,
+            inrelease_sha256 TEXT NOT NULL, release_sha256 TEXT NOT NULL, releasegpg_sha256 TEXT NOT NULL)""",
+        "CREATE INDEX tier_releases_key ON tier_releases (repo, tier, suite, snapshot, id)",
+    )),
+    (4, "the last `mirror verify` result per repo, and the damage it found", (
+        """CREATE TABLE verify_results (
+            repo TEXT NOT NULL PRIMARY KEY, started TEXT NOT NULL, finished TEXT NOT NULL,
+            files INTEGER NOT NULL, bytes BIGINT NOT NULL, damaged INTEGER NOT NULL,
+            repaired INTEGER NOT NULL, repair_tried INTEGER NOT NULL)""",
+        """CREATE TABLE verify_damage (
+            repo TEXT NOT NULL, snapshot TEXT NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
+            problem TEXT NOT NULL, repaired INTEGER NOT NULL,
+            PRIMARY KEY (repo, snapshot, sha256))""",
+    )),
 )
 
 
@@ -78,8 +96,30 @@ def _locked(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         with self.lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise database_error(exc, self.path) from exc
     return wrapper  # type: ignore[return-value]
+
+
+def database_error(exc: sqlite3.Error, path: Path) -> StorageError:
+    """A database failure as a MirrorError: `no_space` when the disk is full, else `storage_error`."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
+                                       and _no_space_left(path)):
+        return NoSpaceError(f"no space left on device for the state database {path} ({exc})")
+    return StorageError(f"state database {path}: {exc}")
+
+
+def _no_space_left(path: Path) -> bool:
+    """SQLite reports ENOSPC on its WAL index (-shm) as a plain "disk I/O error"."""
+    import os
+
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -122,6 +162,31 @@ class ServedSnapshot:
     since: datetime
     created: datetime
     valid_until: datetime | None
+    # tier_signing "mirror": the earliest Valid-Until of the Release files re-issued for this tier
+    # and snapshot (what its clients see instead of `valid_until`); None when none were issued
+    issued_valid_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TierRelease:
+    """Release, InRelease and Release.gpg of one suite, re-issued for a tier over one snapshot."""
+
+    id: int
+    repo: str
+    tier: str
+    suite: str
+    snapshot: str
+    issued: datetime  # when it was signed; the Release's Date is this, to the second
+    valid_until: datetime
+    inrelease: tuple[str, int]  # (sha256, size) of the pool blobs
+    release: tuple[str, int]
+    release_gpg: tuple[str, int]
+
+    def files(self) -> dict[str, tuple[str, int]]:
+        """Repo path -> (sha256, size)."""
+        base = f"dists/{self.suite}"
+        return {f"{base}/InRelease": self.inrelease, f"{base}/Release": self.release,
+                f"{base}/Release.gpg": self.release_gpg}
 
 
 @dataclass(frozen=True)
@@ -150,6 +215,32 @@ class SyncRunRecord:
     files: int
     bytes: int
     actor: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The last `mirror verify` of one repo: objects checked, still damaged, repaired."""
+
+    repo: str
+    started: datetime
+    finished: datetime
+    files: int = 0
+    bytes: int = 0
+    damaged: int = 0  # still damaged when the run ended
+    repaired: int = 0
+    repair_tried: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyDamageRow:
+    """One damaged object as one snapshot of a repo uses it (one of its paths)."""
+
+    repo: str
+    snapshot: str
+    sha256: str
+    path: str
+    problem: str
+    repaired: bool
 
 
 @dataclass(frozen=True)
@@ -195,7 +286,7 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.migrate()
         except sqlite3.Error as exc:
-            raise StorageError(f"state database {path}: {exc}") from exc
+            raise database_error(exc, path) from exc
 
     def close(self) -> None:
         self.db.close()
@@ -203,18 +294,30 @@ class Store:
     # -- transactions and schema -----------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: writers are serialised by the database's own lock."""
+    def transaction(self, *, dry_run: bool = False) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: writers are serialised by the database's own lock. `dry_run`: every
+        change is rolled back at the end (what-if runs see their own changes meanwhile)."""
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self.db
-            except BaseException:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                    if dry_run:
+                        self.db.execute("ROLLBACK")
+                    else:
+                        self.db.execute("COMMIT")
+                        self._commits += 1
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as exc:  # a full disk at COMMIT, a corrupt file: a StorageError
+                raise database_error(exc, self.path) from exc
+
+    def _rollback(self) -> None:
+        """After a failed statement or COMMIT (SQLite may have rolled back already)."""
+        if self.db.in_transaction:
+            with suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-                raise
-            else:
-                self.db.execute("COMMIT")
-                self._commits += 1
 
     def migrate(self) -> None:
         with self.transaction() as db:
@@ -374,6 +477,28 @@ class Store:
         return refs
 
     @_locked
+    def manifest_objects(self, repo: str | None = None) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+        """digest -> (size, [(repo, snapshot, path)]) over the manifests of `repo` or of all repos."""
+        query = "SELECT sha256, size, repo, snapshot, path FROM manifest_entries"
+        args: tuple[str, ...] = ()
+        if repo is not None:
+            query += " WHERE repo = ?"
+            args = (repo,)
+        found: dict[str, tuple[int, list[tuple[str, str, str]]]] = {}
+        for digest, size, r, s, p in self.db.execute(query, args):
+            found.setdefault(digest, (int(size), []))[1].append((r, s, p))
+        return found
+
+    def forget_blobs(self, digests: Iterable[str]) -> None:
+        """Record blobs as absent (a damaged object moved out of the pool): the next sync that
+        needs one fetches it again instead of trusting the pool."""
+        wanted = list(digests)
+        with self.transaction() as db:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                db.execute(f"DELETE FROM blobs WHERE sha256 IN ({','.join('?' * len(part))})", part)
+
+    @_locked
     def blob_sizes(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT sha256, size FROM blobs")}
 
@@ -463,10 +588,14 @@ class Store:
         rows = self.db.execute(
             "SELECT t.repo, t.tier, t.snapshot, t.since, s.created, "
             "(SELECT MIN(r.valid_until) FROM snapshot_roots r "
-            " WHERE r.repo = t.repo AND r.snapshot = t.snapshot) "
+            " WHERE r.repo = t.repo AND r.snapshot = t.snapshot), "
+            "(SELECT MIN(x.valid_until) FROM tier_releases x WHERE x.id IN ("
+            " SELECT MAX(y.id) FROM tier_releases y WHERE y.repo = t.repo AND y.tier = t.tier "
+            " AND y.snapshot = t.snapshot GROUP BY y.suite)) "
             "FROM tiers t JOIN snapshots s ON s.repo = t.repo AND s.id = t.snapshot")
         return [ServedSnapshot(repo=r[0], tier=r[1], snapshot=r[2], since=datetime.fromisoformat(r[3]),
-                               created=datetime.fromisoformat(r[4]), valid_until=_dt(r[5])) for r in rows]
+                               created=datetime.fromisoformat(r[4]), valid_until=_dt(r[5]),
+                               issued_valid_until=_dt(r[6])) for r in rows]
 
     def _move_tier(self, repo: str, tier: str, snapshot: str | None, *, actor: str, reason: str | None,
                    action: str, now: datetime, forced: bool = False) -> int:
@@ -485,6 +614,141 @@ class Store:
                         (next_id, repo, tier, _utc_text(now), previous, snapshot, actor, reason, int(forced),
                          action))
         return int(next_id)
+
+    # -- re-issued Release files (tier_signing = "mirror") -----------------------------------
+
+    def record_tier_release(self, repo: str, tier: str, suite: str, snapshot: str, *, issued: datetime,
+                            valid_until: datetime, inrelease: tuple[str, int], release: tuple[str, int],
+                            release_gpg: tuple[str, int]) -> int:
+        """Record one issue (its three files already durable in the pool) and their blobs."""
+        with self.transaction() as db:
+            db.executemany("INSERT INTO blobs (sha256, size, stored) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(d, n, _iso(issued)) for d, n in (inrelease, release, release_gpg)])
+            next_id = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tier_releases").fetchone()[0])
+            db.execute("INSERT INTO tier_releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (next_id, repo, tier, suite, snapshot, _utc_text(issued), _utc_text(valid_until),
+                        inrelease[0], release[0], release_gpg[0]))
+        return next_id
+
+    @_locked
+    def tier_releases(self, repo: str | None = None, *, latest: bool = True) -> list[TierRelease]:
+        """Issued Release files, newest first; `latest`: only the newest per (repo, tier, suite,
+        snapshot), which is all the repo port ever serves."""
+        query = ("SELECT r.id, r.repo, r.tier, r.suite, r.snapshot, r.issued, r.valid_until, "
+                 "r.inrelease_sha256, a.size, r.release_sha256, b.size, r.releasegpg_sha256, c.size "
+                 "FROM tier_releases r LEFT JOIN blobs a ON a.sha256 = r.inrelease_sha256 "
+                 "LEFT JOIN blobs b ON b.sha256 = r.release_sha256 "
+                 "LEFT JOIN blobs c ON c.sha256 = r.releasegpg_sha256 WHERE 1 = 1")
+        args: list[object] = []
+        if repo is not None:
+            query += " AND r.repo = ?"
+            args.append(repo)
+        if latest:
+            query += (" AND r.id IN (SELECT MAX(id) FROM tier_releases "
+                      "GROUP BY repo, tier, suite, snapshot)")
+        query += " ORDER BY r.id DESC"
+        return [TierRelease(id=r[0], repo=r[1], tier=r[2], suite=r[3], snapshot=r[4],
+                            issued=datetime.fromisoformat(r[5]), valid_until=datetime.fromisoformat(r[6]),
+                            inrelease=(r[7], int(r[8] if r[8] is not None else -1)),
+                            release=(r[9], int(r[10] if r[10] is not None else -1)),
+                            release_gpg=(r[11], int(r[12] if r[12] is not None else -1)))
+                for r in self.db.execute(query, args)]
+
+    def delete_tier_releases(self, ids: Iterable[int]) -> int:
+        """Forget issued Release rows (their blobs stay until gc sweeps the pool). In `transaction()`."""
+        if not self.db.in_transaction:
+            raise StorageError("delete_tier_releases outside a transaction")
+        wanted = list(ids)
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            self.db.execute(f"DELETE FROM tier_releases WHERE id IN ({','.join('?' * len(part))})", part)
+        return len(wanted)
+
+    # -- garbage collection -----------------------------------------------------------------
+
+    @_locked
+    def snapshot_ages(self, repo: str) -> list[tuple[str, datetime]]:
+        """(id, created) of the repo's snapshots, newest first."""
+        return [(r[0], datetime.fromisoformat(r[1])) for r in self.db.execute(
+            "SELECT id, created FROM snapshots WHERE repo = ? ORDER BY id DESC", (repo,))]
+
+    @_locked
+    def rollback_targets(self, repo: str) -> dict[str, str]:
+        """tier -> the snapshot `rollback` would point it back at (the `from` of its last move)."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT tier, from_snapshot FROM tier_moves WHERE id IN ("
+            "SELECT MAX(id) FROM tier_moves WHERE repo = ? GROUP BY tier) AND from_snapshot IS NOT NULL",
+            (repo,))}
+
+    @_locked
+    def snapshot_digests(self, repo: str, snapshot: str) -> dict[str, int]:
+        """sha256 -> size of every file of one snapshot."""
+        return {r[0]: int(r[1]) for r in self.db.execute(
+            "SELECT sha256, size FROM manifest_entries WHERE repo = ? AND snapshot = ?", (repo, snapshot))}
+
+    def delete_snapshot(self, repo: str, snapshot: str) -> None:
+        """Forget a snapshot: manifest, roots, issued Releases, the row. In `transaction()`; the
+        caller has checked that nothing points at it. History rows keep naming it."""
+        if not self.db.in_transaction:
+            raise StorageError("delete_snapshot outside a transaction")
+        for table, column in (("manifest_entries", "snapshot"), ("snapshot_roots", "snapshot"),
+                              ("tier_releases", "snapshot"), ("snapshots", "id")):
+            self.db.execute(f"DELETE FROM {table} WHERE repo = ? AND {column} = ?", (repo, snapshot))
+
+    @_locked
+    def referenced_digests(self) -> set[str]:
+        """Every digest a snapshot (any repo) or an issued Release references."""
+        found = {r[0] for r in self.db.execute("SELECT DISTINCT sha256 FROM manifest_entries")}
+        for row in self.db.execute(
+                "SELECT inrelease_sha256, release_sha256, releasegpg_sha256 FROM tier_releases"):
+            found.update(row)
+        return found
+
+    def delete_blobs(self, digests: Iterable[str]) -> None:
+        """Forget blobs (the caller unlinks the files after the commit). In `transaction()`."""
+        if not self.db.in_transaction:
+            raise StorageError("delete_blobs outside a transaction")
+        wanted = list(digests)
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            self.db.execute(f"DELETE FROM blobs WHERE sha256 IN ({','.join('?' * len(part))})", part)
+
+    # -- verify results ---------------------------------------------------------------------
+
+    def record_verify(self, results: Sequence[VerifyResult], damage: Sequence[VerifyDamageRow]) -> None:
+        """Replace the last verify result (and its damage rows) of every repo in `results`."""
+        with self.transaction() as db:
+            for r in results:
+                db.execute("DELETE FROM verify_results WHERE repo = ?", (r.repo,))
+                db.execute("DELETE FROM verify_damage WHERE repo = ?", (r.repo,))
+                db.execute("INSERT INTO verify_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (r.repo, _utc_text(r.started), _utc_text(r.finished), r.files, r.bytes, r.damaged,
+                            r.repaired, int(r.repair_tried)))
+            db.executemany("INSERT INTO verify_damage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(d.repo, d.snapshot, d.sha256, d.path, d.problem, int(d.repaired))
+                            for d in damage])
+
+    @_locked
+    def verify_results(self) -> list[VerifyResult]:
+        rows = self.db.execute("SELECT repo, started, finished, files, bytes, damaged, repaired, "
+                               "repair_tried FROM verify_results ORDER BY repo")
+        return [VerifyResult(repo=r[0], started=datetime.fromisoformat(r[1]),
+                             finished=datetime.fromisoformat(r[2]), files=int(r[3]), bytes=int(r[4]),
+                             damaged=int(r[5]), repaired=int(r[6]), repair_tried=bool(r[7])) for r in rows]
+
+    @_locked
+    def verify_damage(self, repo: str | None = None, *, remaining: bool = True) -> list[VerifyDamageRow]:
+        """Damage the last verify of each repo found; `remaining`: only what it did not repair."""
+        query = "SELECT repo, snapshot, sha256, path, problem, repaired FROM verify_damage WHERE 1 = 1"
+        args: list[object] = []
+        if repo is not None:
+            query += " AND repo = ?"
+            args.append(repo)
+        if remaining:
+            query += " AND repaired = 0"
+        rows = self.db.execute(query + " ORDER BY repo, snapshot, sha256", args)
+        return [VerifyDamageRow(repo=r[0], snapshot=r[1], sha256=r[2], path=r[3], problem=r[4],
+                                repaired=bool(r[5])) for r in rows]
 
     # -- sync runs ------------------------------------------------------------------------
 

@@ -28,11 +28,10 @@ from mirror.errors import (
     LockedError,
     MirrorError,
     RollbackError,
-    StorageError,
 )
 from mirror.fetch import Fetcher, FetchPolicy, with_retries
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
-from mirror.pool import Pool
+from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
 from mirror.trust.gpg import Keyring
 
@@ -121,7 +120,8 @@ class SyncContext:
             digest = await with_retries(attempt, self.fetcher.policy)
         except MirrorError as exc:
             raise exc.with_context(repo=self.repo.name, path=expected.path) from None
-        self.progress.update(files=1, size=expected.size)
+        if expected.kind is EntryKind.PACKAGE:  # the totals count packages (indices are few and small)
+            self.progress.update(files=1, size=expected.size)
         return digest
 
 
@@ -220,6 +220,9 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
     ctx: SyncContext | None = None
     try:
         with repo_lock(root, repo.name):
+            # A run still "running" under a lock we now hold died with its process (kill -9, power loss).
+            await asyncio.to_thread(store.interrupt_running_runs, repo.name,
+                                    "interrupted: the process running this sync died")
             run_id = await asyncio.to_thread(store.start_sync_run, repo.name)
             pool = Pool(root)
             await asyncio.to_thread(pool.remove_stale_temp, repo.name)
@@ -237,8 +240,7 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
             finally:
                 await asyncio.to_thread(_rmtree, tmp)
         outcome = "unchanged" if snapshot is None else "snapshot"
-        await asyncio.to_thread(store.finish_sync_run, run_id, outcome, snapshot=snapshot,
-                                files=progress.files_done, size=progress.bytes_done)
+        await _finish_run(store, run_id, outcome, progress, snapshot=snapshot)
         progress.update(phase=outcome)
         return SyncResult(repo=repo.name, snapshot=snapshot, files=progress.files_done,
                           bytes=progress.bytes_done)
@@ -246,13 +248,25 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
         exc.with_context(repo=repo.name)
         error: MirrorError = exc
     except OSError as exc:
-        error = StorageError(str(exc), repo=repo.name)
+        error = storage_error(exc, str(exc.filename or "")).with_context(repo=repo.name)
     progress.update(phase="failed")
     log.error("%s: sync failed: %s", repo.name, error)
     if run_id is not None:
-        await asyncio.to_thread(store.finish_sync_run, run_id, "failed", error_code=error.code,
-                                message=str(error), files=progress.files_done, size=progress.bytes_done)
+        await _finish_run(store, run_id, "failed", progress, error=error)
     return SyncResult(repo=repo.name, error=error, files=progress.files_done, bytes=progress.bytes_done)
+
+
+async def _finish_run(store: Store, run_id: int, outcome: str, progress: Progress, *,
+                      snapshot: str | None = None, error: MirrorError | None = None) -> None:
+    """Record how the run ended. If even that fails (a full disk), say so and go on: the outcome
+    itself stands, and the next sync closes the run as interrupted."""
+    try:
+        await asyncio.to_thread(store.finish_sync_run, run_id, outcome, snapshot=snapshot,
+                                error_code=error.code if error else None,
+                                message=str(error) if error else None,
+                                files=progress.files_done, size=progress.bytes_done)
+    except MirrorError as exc:
+        log.error("%s: cannot record the end of sync run %d (%s): %s", progress.repo, run_id, outcome, exc)
 
 
 async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | None:
@@ -281,8 +295,9 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
 
     ctx.progress.update(phase="packages")
     packages = [w for w in wanted if w.expected.kind is EntryKind.PACKAGE]
-    ctx.progress.files_total += len(packages)
-    ctx.progress.bytes_total += sum(w.expected.size for w in packages)
+    distinct = {w.expected.sha256: w.expected.size for w in packages}
+    ctx.progress.files_total += len(distinct)
+    ctx.progress.bytes_total += sum(distinct.values())
     await fetch_all(ctx, [w.expected for w in packages])
     ctx.progress.update(phase="checking")
     await fmt.verify_fetched(ctx, packages)

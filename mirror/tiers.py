@@ -16,14 +16,21 @@ Policy (checked inside the same transaction as the move, so it cannot race):
 - a move to what the tier already serves changes nothing and writes no history row;
 - rollback points the tier at what it served before its last move (a second rollback undoes the
   first); a tier that served nothing before is refused.
+- APT repos whose tiers serve the upstream's signed files byte for byte (`tier_signing =
+  "upstream"`, the `date_checked` repos): a move (promotion or rollback) that would serve a
+  Release whose `Valid-Until` has passed (apt refuses it), or whose `Date` is older than the one
+  the tier serves now (apt silently keeps the newer one, so the move would not reach clients that
+  saw it), needs `force`. With `tier_signing = "mirror"` the mirror re-issues fresh Release files
+  instead (`mirror.releases`), so neither applies.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from mirror.errors import (
     InvalidRequestError,
@@ -33,8 +40,11 @@ from mirror.errors import (
     SnapshotNotVerifiedError,
     TierChangedError,
 )
-from mirror.model import SNAPSHOT_ID_RE
+from mirror.model import SNAPSHOT_ID_RE, utcnow
 from mirror.store import Store, TierMove
+
+if TYPE_CHECKING:
+    from mirror.config import Settings
 
 _COMPACT_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
 
@@ -90,11 +100,20 @@ class MoveResult:
 class Tiers:
     """The tier policy for the configured tier order, on top of the state database."""
 
-    def __init__(self, store: Store, order: Sequence[str]) -> None:
+    def __init__(self, store: Store, order: Sequence[str], *, date_checked: Collection[str] = (),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         if not order:
             raise ValueError("at least one tier is needed")
         self.store = store
         self.order = tuple(order)
+        self.date_checked = frozenset(date_checked)
+        self.clock = clock
+
+    @classmethod
+    def for_settings(cls, store: Store, settings: Settings) -> Tiers:
+        """The configured order; Valid-Until and Date checks for APT repos with tier_signing "upstream"."""
+        return cls(store, settings.tiers, date_checked=[
+            r.name for r in settings.repos if r.type == "deb" and r.tier_signing == "upstream"])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -205,14 +224,43 @@ class Tiers:
             raise SnapshotNotVerifiedError(f"snapshot {snapshot} is {state}, not verified", repo=repo)
 
     def _policy_refusals(self, repo: str, tier: str, current: str | None, snapshot: str) -> list[str]:
-        """Why a promotion needs force (empty: it does not). Later checks (tier signing,
-        Valid-Until, Date going backwards) add their reasons here."""
+        """Why a promotion needs force (empty: it does not)."""
         reasons: list[str] = []
         before = self.previous_tier(tier)
         if before is not None and not self.store.tier_has_served(repo, before, snapshot):
             reasons.append(f"tier {before} (before {tier}) never served {snapshot}")
-        return reasons
+        return reasons + self._freshness_refusals(repo, tier, current, snapshot)
 
     def _rollback_refusals(self, repo: str, tier: str, current: str | None, target: str) -> list[str]:
-        """Why a rollback needs force: none yet (the tier served `target` before)."""
-        return []
+        """Why a rollback needs force (the tier served `target` before, so only freshness)."""
+        return self._freshness_refusals(repo, tier, current, target)
+
+    def _freshness_refusals(self, repo: str, tier: str, current: str | None, target: str) -> list[str]:
+        """For tiers serving the upstream's Release byte for byte: what apt would make of `target`."""
+        if repo not in self.date_checked:
+            return []
+        reasons: list[str] = []
+        now = self.clock()
+        roots = self.store.roots(repo, target)
+        for suite, root in sorted(roots.items()):
+            if root.valid_until is not None and root.valid_until <= now:
+                reasons.append(f"the Release of {suite} in {target} expired at {_text(root.valid_until)} "
+                               "(Valid-Until): apt refuses it")
+        if current is not None:
+            serving = self.store.roots(repo, current)
+            for suite, root in sorted(roots.items()):
+                now_served = serving.get(suite)
+                if root.date is None or now_served is None or now_served.date is None:
+                    continue
+                if root.date.replace(microsecond=0) < now_served.date.replace(microsecond=0):
+                    reasons.append(
+                        f"the Release of {suite} in {target} is dated {_text(root.date)}, older than "
+                        f"{_text(now_served.date)} of {current} that {tier} serves now: apt ignores an older "
+                        "Date, so clients that saw the newer one would not see this move")
+        if reasons:
+            reasons[-1] += " (tier_signing = \"mirror\" re-issues fresh Release files instead)"
+        return reasons
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -241,9 +241,10 @@ def write_tokens(path: Path, tokens: dict[str, str]) -> Path:
 
 
 def seed_snapshot(store: Store, pool: Pool, repo: str, files: dict[str, bytes], *, first_tier: str = "dev",
-                  valid_until: datetime | None = None) -> str:
+                  valid_until: datetime | None = None, date: datetime | None = None) -> str:
     """A synthetic verified snapshot of `files` (path -> bytes; *.deb count as packages), its blobs
-    written into the pool, committed like a sync does (the first tier points at it)."""
+    written into the pool, committed like a sync does (the first tier points at it). `date`: the
+    root's Release Date (default now)."""
     entries = []
     for path, data in sorted(files.items()):
         digest = hashlib.sha256(data).hexdigest()
@@ -259,7 +260,7 @@ def seed_snapshot(store: Store, pool: Pool, repo: str, files: dict[str, bytes], 
             kind = EntryKind.ROOT if path.endswith("InRelease") else EntryKind.INDEX
             entries.append(ManifestEntry(path, digest, len(data), kind))
     inrelease = files.get("dists/stable/InRelease", b"")
-    root = RootRecord(name="stable", sha256=hashlib.sha256(inrelease).hexdigest(), date=utcnow(),
+    root = RootRecord(name="stable", sha256=hashlib.sha256(inrelease).hexdigest(), date=date or utcnow(),
                       valid_until=valid_until)
     new = NewSnapshot(repo=repo, signed_by="upstream", plan_key="seed", roots=[root], entries=entries)
     return store.commit_snapshot(new, first_tier)

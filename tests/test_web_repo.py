@@ -66,7 +66,8 @@ class FakeCatalog:
         where[path] = ManifestEntry(path=path, sha256=sha, size=len(data), kind=EntryKind.PACKAGE)
         return sha
 
-    def lookup_tier(self, tier: str, repo: str, path: str) -> ManifestEntry | None:
+    def lookup_tier(self, tier: str, repo: str, path: str,
+                    client: str | None = None) -> ManifestEntry | None:
         self.lookups.append(path)
         return self.tiers.get((tier, repo), {}).get(path)
 
@@ -552,7 +553,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     pool.write_bytes(data)
 
     class Catalog:
-        def lookup_tier(self, tier, repo, path):
+        def lookup_tier(self, tier, repo, path, client=None):
             if (tier, repo, path) == ("dev", "repo", "f.deb"):
                 return ManifestEntry(path, sha, len(data), EntryKind.PACKAGE)
             return None

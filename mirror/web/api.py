@@ -33,7 +33,6 @@ from mirror.config import Settings
 from mirror.errors import (
     InvalidRequestError,
     MirrorError,
-    NotFoundError,
     NotImplementedYetError,
     RateLimitedError,
     UnauthorizedError,
@@ -41,11 +40,14 @@ from mirror.errors import (
 )
 from mirror.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mirror.metrics import Metrics
-from mirror.model import REPO_NAME_RE, utcnow
+from mirror.model import utcnow
+from mirror.names import MAX_NAME_LENGTH, check_repo, check_snapshot, check_tier, name_problem
+from mirror.releases import ReleaseIssuer
 from mirror.store import Store, SyncRunRecord, TierMove
 from mirror.tiers import UNSET, MoveResult, Tiers, TierView, Unset, parse_moment
 from mirror.tokens import TokenRing
 from mirror.web.openapi import openapi_document
+from mirror.web.repo import add_security_headers
 from mirror.web.syncs import BackgroundSyncs
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ TIERS = web.AppKey("tiers", Tiers)
 TOKENS = web.AppKey("tokens", TokenRing)
 METRICS = web.AppKey("metrics", Metrics)
 SYNCS = web.AppKey("syncs", BackgroundSyncs)
+RELEASES = web.AppKey("releases", ReleaseIssuer)
 ACTOR = web.RequestKey("actor", str)
 
 MAX_BODY = 64 * 1024
@@ -231,6 +234,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every API response: nosniff, no framing, no referrer, a CSP allowing nothing, no caching
+    unless the handler chose otherwise, no server version; and never any CORS header."""
+    add_security_headers(response, cache="no-store")
+    for name in [n for n in response.headers if n.lower().startswith("access-control-")]:
+        del response.headers[name]
+
+
 # -- request helpers --------------------------------------------------------------------------
 
 
@@ -282,13 +293,21 @@ class _Fields:
         value = self.data["expected"]
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError("field 'expected' must be a snapshot id or null")
+        return None if value is None else check_snapshot(value)
+
+    def name(self, key: str, kind: str, *, required: bool = False) -> str | None:
+        """A repo, tier or snapshot name: 400 unless well-formed (mirror.names)."""
+        value = self.text(key, required=required, max_length=MAX_NAME_LENGTH)
+        if value is None:
+            return None
+        problem = name_problem(kind, value)
+        if problem is not None:
+            raise InvalidRequestError(f"field {key!r}: {problem}")
         return value
 
 
 def _repo(request: web.Request) -> str:
-    name = request.match_info["repo"]
-    if not REPO_NAME_RE.match(name):
-        raise NotFoundError(f"unknown repo {name!r}")
+    name = check_repo(request.match_info["repo"])
     request.app[SETTINGS].repo(name)  # NotFoundError for an unconfigured repo
     return name
 
@@ -350,25 +369,40 @@ async def list_tiers(request: web.Request) -> web.Response:
 async def promote(request: web.Request) -> web.Response:
     repo = _repo(request)
     fields = _Fields(await _body(request), {"to", "from", "snapshot", "reason", "force", "expected"})
-    to = fields.text("to", required=True)
+    to = fields.name("to", "tier", required=True)
     assert to is not None
     result = await asyncio.to_thread(
-        request.app[TIERS].promote, repo, to, from_tier=fields.text("from"), snapshot=fields.text("snapshot"),
+        request.app[TIERS].promote, repo, to, from_tier=fields.name("from", "tier"),
+        snapshot=fields.name("snapshot", "snapshot"),
         actor=request[ACTOR], reason=fields.text("reason"), force=fields.flag("force"),
         expected=fields.expected())
     _log_move(result)
+    await _issue_releases(request, result)
     return _json(move_result_json(result))
+
+
+async def _issue_releases(request: web.Request, result: MoveResult) -> None:
+    """tier_signing "mirror": re-issue the moved tier's Release files before answering, so the
+    repo port serves the move's own fresh ones at once (the background refresher retries failures)."""
+    issuer = request.app.get(RELEASES)
+    if issuer is None or not result.changed or not issuer.signs(result.repo):
+        return
+    try:
+        await asyncio.to_thread(issuer.issue, result.repo, result.tier)
+    except MirrorError as exc:
+        log.error("%s %s: Release files not re-issued after the move: %s", result.repo, result.tier, exc)
 
 
 async def rollback(request: web.Request) -> web.Response:
     repo = _repo(request)
     fields = _Fields(await _body(request), {"tier", "reason", "force", "expected"})
-    tier = fields.text("tier", required=True)
+    tier = fields.name("tier", "tier", required=True)
     assert tier is not None
     result = await asyncio.to_thread(
         request.app[TIERS].rollback, repo, tier, actor=request[ACTOR], reason=fields.text("reason"),
         force=fields.flag("force"), expected=fields.expected())
     _log_move(result)
+    await _issue_releases(request, result)
     return _json(move_result_json(result))
 
 
@@ -391,6 +425,8 @@ def history_document(tiers: Tiers, repo: str, *, tier: str | None = None, moment
 async def history(request: web.Request) -> web.Response:
     repo = _repo(request)
     tier = request.query.get("tier")
+    if tier is not None:
+        check_tier(tier)
     moment = _query_moment(request)
     limit = _query_limit(request, 1000)
     return _json(await asyncio.to_thread(history_document, request.app[TIERS], repo, tier=tier, moment=moment,
@@ -411,11 +447,36 @@ async def start_sync(request: web.Request) -> web.Response:
     return response
 
 
+async def run_gc(request: web.Request) -> web.Response:
+    """`mirror gc` in the server: `{"repo"?, "dry_run"?}` -> the report (409 while a sync runs)."""
+    from mirror.gc import collect_garbage
+
+    settings = request.app[SETTINGS]
+    fields = _Fields(await _body(request, allow_empty=True), {"repo", "dry_run"})
+    repo = fields.text("repo", max_length=200)
+    if repo is not None:
+        check_repo(repo)
+        settings.repo(repo)
+    dry_run = fields.flag("dry_run")
+    actor = request[ACTOR]
+
+    def run() -> dict[str, Any]:
+        store = Store(settings.storage.root / "state.db", actor=actor)
+        try:
+            return collect_garbage(settings, store, [repo] if repo else None, dry_run=dry_run).as_json()
+        finally:
+            store.close()
+
+    report = await asyncio.to_thread(run)
+    log.info("gc by %s%s: %s snapshots, %s pool files removed", actor, " (dry run)" if dry_run else "",
+             report["snapshots_removed"], report["pool"]["files"])
+    return _json(report)
+
+
 async def list_syncs(request: web.Request) -> web.Response:
     repo = request.query.get("repo")
     if repo is not None:
-        if not REPO_NAME_RE.match(repo):
-            raise InvalidRequestError(f"{repo!r} is not a repo name")
+        check_repo(repo)
         request.app[SETTINGS].repo(repo)
     limit = _query_limit(request, 100)
     runs = await asyncio.to_thread(request.app[STORE].sync_runs, repo, limit)
@@ -451,12 +512,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None = None,
                  metrics: Metrics | None = None, syncs: BackgroundSyncs | None = None,
-                 limiter: AuthLimiter | None = None) -> web.Application:
+                 limiter: AuthLimiter | None = None,
+                 releases: ReleaseIssuer | None = None) -> web.Application:
     """The api-port application. `store` is this app's own connection to the state database."""
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(_security_headers)
     app[SETTINGS] = settings
     app[STORE] = store
-    app[TIERS] = Tiers(store, settings.tiers)
+    app[TIERS] = Tiers.for_settings(store, settings)
+    if releases is not None:
+        app[RELEASES] = releases
     app[TOKENS] = tokens if tokens is not None else TokenRing(settings.server.token_file)
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[SYNCS] = syncs if syncs is not None else BackgroundSyncs(settings)
@@ -474,6 +539,7 @@ def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None =
     router.add_get("/api/v1/repos/{repo}/diff", diff)
     router.add_post("/api/v1/repos/{repo}/sync", start_sync)
     router.add_get("/api/v1/syncs", list_syncs)
+    router.add_post("/api/v1/gc", run_gc)
     router.add_get("/api/v1/openapi.json", openapi)
     router.add_get("/metrics", serve_metrics)
     router.add_get("/healthz", healthz)

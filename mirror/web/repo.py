@@ -41,10 +41,13 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
+from mirror.web.guard import DEFAULT_IDLE_TIMEOUT, ConnectionGuard, GuardPolicy, start_guarded_server
 
 __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
+    "SECURITY_HEADERS",
     "Catalog",
+    "add_security_headers",
     "content_type_for",
     "make_repo_app",
     "run_servers",
@@ -61,7 +64,7 @@ CACHE_REVALIDATE: Final = "no-cache"
 CACHE_ERROR: Final = "no-store"
 
 # aiohttp's own default keep-alive is 3630 s; an idle connection is closed after this long.
-DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0
+DEFAULT_KEEPALIVE_TIMEOUT: Final = DEFAULT_IDLE_TIMEOUT
 
 _TEXT: Final = "text/plain; charset=utf-8"
 _DEB: Final = "application/vnd.debian.binary-package"
@@ -125,7 +128,8 @@ def content_type_for(name: str) -> str:
 class Catalog(Protocol):
     """What the server needs from the state database (cheap, in-memory, synchronous)."""
 
-    def lookup_tier(self, tier: str, repo: str, path: str) -> ManifestEntry | None: ...
+    def lookup_tier(self, tier: str, repo: str, path: str,
+                    client: str | None = None) -> ManifestEntry | None: ...
 
     def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None: ...
 
@@ -241,8 +245,26 @@ class _ServedFile(web.FileResponse):
         return await super().prepare(self._clean_request)
 
 
+# On every response of both ports (the API adds its own, stricter, set on top).
+SECURITY_HEADERS: Final[dict[str, str]] = {
+    hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    hdrs.SERVER: "mirror",  # aiohttp's default names itself and its version
+}
+
+
+def add_security_headers(response: web.StreamResponse, *, cache: str = CACHE_ERROR) -> None:
+    """The security headers, and `cache` as Cache-Control unless the response has one."""
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    if hdrs.CACHE_CONTROL not in headers:
+        headers[hdrs.CACHE_CONTROL] = cache
+
+
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.X_CONTENT_TYPE_OPTIONS] = "nosniff"
+    add_security_headers(response)
     if isinstance(response, _ServedFile) and response.status in (200, 206):
         # FileResponse has just set its own "<mtime>-<size>" ETag: put the content's back.
         if response.fixed_etag is not None:
@@ -341,7 +363,7 @@ class _RepoHandler:
         else:
             if len(segments) < 3 or not _TIER_RE.match(head) or not REPO_NAME_RE.match(segments[1]):
                 return _not_found()
-            entry = self.catalog.lookup_tier(head, segments[1], "/".join(segments[2:]))
+            entry = self.catalog.lookup_tier(head, segments[1], "/".join(segments[2:]), request.remote)
             immutable = False
         if entry is None:
             return _not_found()
@@ -427,7 +449,9 @@ async def run_servers(
     apps: Sequence[tuple[web.Application, str, int]],
     *,
     shutdown_timeout: float = 10,
-    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    keepalive_timeout: float | None = None,
+    policy: GuardPolicy | None = None,
+    guards: Sequence[ConnectionGuard] | None = None,
     ready: Callable[[list[tuple[str, int]]], Any] | None = None,
 ) -> None:
     """Serve every ``(app, host, port)`` until SIGTERM or SIGINT, then stop gracefully.
@@ -437,11 +461,17 @@ async def run_servers(
     apps' cleanup hooks run.  ``ready``, if given, is called with the bound (host, port)
     addresses once every site listens (useful with port 0).
 
-    Bounded here: idle keep-alive (``keepalive_timeout``), request line and header sizes
-    (aiohttp defaults: 8190 bytes per line/field, 128 headers).  NOT bounded by aiohttp: the time
-    a client may take to send its request headers, and connections per client address (HOSTILE
-    B12, case 68); put a reverse proxy or firewall rule in front for those.
+    Every port is behind a :class:`mirror.web.guard.ConnectionGuard` (``guards``, one per app,
+    or made from ``policy``): request-head timeout, idle keep-alive timeout (aiohttp's
+    ``keepalive_timeout`` = ``policy.idle_timeout``; ``keepalive_timeout`` overrides it) and
+    connections per client address (HOSTILE B12, case 68).  aiohttp itself bounds request line
+    and header sizes (8190 bytes per line/field, 128 headers).
     """
+    policy = policy or GuardPolicy()
+    if guards is None:
+        guards = [ConnectionGuard(policy) for _ in apps]
+    if len(guards) != len(apps):
+        raise ValueError("one guard per app")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -449,27 +479,31 @@ async def run_servers(
         loop.add_signal_handler(signum, stop.set)
         installed.append(signum)
     runners: list[web.AppRunner] = []
+    listeners: list[asyncio.Server] = []
     try:
         bound: list[tuple[str, int]] = []
-        for app, host, port in apps:
+        for (app, host, port), guard in zip(apps, guards, strict=True):
+            idle = keepalive_timeout if keepalive_timeout is not None else guard.policy.idle_timeout
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
                 access_log=None,
                 shutdown_timeout=shutdown_timeout,
-                keepalive_timeout=keepalive_timeout,
+                keepalive_timeout=idle,
             )
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(runner, host, port, backlog=1024)
-            await site.start()
-            bound.extend((str(addr[0]), int(addr[1])) for addr in runner.addresses)
+            listener = await start_guarded_server(runner, guard, host, port)
+            listeners.append(listener)
+            bound.extend((str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listener.sockets)
         log.info("serving on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if ready is not None:
             ready(bound)
         await stop.wait()
         log.info("shutting down (waiting up to %gs for in-flight requests)", shutdown_timeout)
     finally:
+        for listener in listeners:  # stop accepting first
+            listener.close()
         results = await asyncio.gather(
             *(runner.cleanup() for runner in runners), return_exceptions=True
         )
