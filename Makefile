@@ -50,6 +50,8 @@ bench: install
 	$(PY) bench/sync_bench.py
 	$(PY) bench/parse_packages.py
 	$(PY) bench/promote_bench.py
+	$(PY) bench/serve_bench.py
+	$(PY) bench/filter_bench.py
 
 clean:
 	rm -rf $(VENV) demo var .pytest_cache .mypy_cache .ruff_cache

@@ -271,6 +271,7 @@ def measure_serving(wrk: str, urls: dict[str, str], pid: int, args: argparse.Nam
                 url = f"{urls[server]}/dev/{REPO}/{path}"
                 # a short warm-up (connections, page cache), then the measured run
                 run_wrk(wrk, url, threads=args.threads, connections=connections, seconds=1)
+                time.sleep(0.5)  # let the warm-up's connections close
                 result = run_wrk(wrk, url, threads=args.threads, connections=connections,
                                  seconds=args.seconds, pid=pid if server == "mirror" else None)
                 say(f"  {label:>5} {server:<6} round {r + 1}: {result['rps']:9.1f} req/s  "
@@ -396,8 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk, nginx, sha256sum = (str(tools[n]) for n in ("wrk", "nginx", "sha256sum"))
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    # the per-client connection cap stays at its default unless wrk needs more connections
-    cap = max(64, args.small_connections + 2, args.big_connections + 2)
+    # the per-client cap stays at its default (64) unless wrk needs more: its connections all come
+    # from 127.0.0.1, and a warm-up run's closing connections can overlap the next run's
+    cap = max(64, 2 * args.small_connections + 2, 2 * args.big_connections + 2)
     try:
         with workdir_lock(workdir, "serve_bench"):
             built = build_storage(workdir, args.verify_files, args.verify_size, cap)

@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("diff", help="what moving from FROM to TO changes (exit 0: nothing, 1: changes)")
+    p.add_argument("repo", metavar="REPO")
+    p.add_argument("from_ref", metavar="FROM", help="a tier, a snapshot id or TIER@TIME")
+    p.add_argument("to_ref", metavar="TO", help="a tier, a snapshot id or TIER@TIME")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true")
+    shape.add_argument("--csv", action="store_true")
+
+    p = sub.add_parser("cve", help="per repo and tier: whether it carries the fix of a CVE")
+    p.add_argument("cve_id", metavar="CVE-ID")
+    p.add_argument("--json", action="store_true")
+
     sub.add_parser("serve", help="serve the repositories on repo_port and the API on api_port")
     sub.add_parser("check-config", help="validate the configuration and exit")
     return parser
@@ -421,6 +433,36 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(s.ok for s in statuses) else 1
 
 
+def cmd_diff(settings: Settings, args: argparse.Namespace) -> int:
+    from mirror.diff import diff_to_csv, diff_to_table
+    from mirror.diffs import compute_diff
+
+    result = compute_diff(_store(settings), settings, args.repo, args.from_ref, args.to_ref)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    elif args.csv:
+        sys.stdout.write(diff_to_csv(result.diff))
+    else:
+        print(f"{args.repo}: {result.from_ref.ref} ({result.from_ref.snapshot}) -> "
+              f"{result.to_ref.ref} ({result.to_ref.snapshot})")
+        sys.stdout.write(diff_to_table(result.diff))
+    return 0 if result.diff.is_empty else 1
+
+
+def cmd_cve(settings: Settings, args: argparse.Namespace) -> int:
+    from mirror.diffs import cve_report
+
+    report = cve_report(_store(settings), settings, args.cve_id)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    print(f"{'REPO':<20} {'TIER':<8} {'SNAPSHOT':<18} {'STATUS':<13} {'FIRST FIXED':<18} ADVISORIES")
+    for t in report.tiers:
+        print(f"{t.repo:<20} {t.tier:<8} {t.snapshot or '-':<18} {t.status.replace('_', ' '):<13} "
+              f"{t.first_fixed or '-':<18} {' '.join(t.advisories) or '-'}")
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from mirror.server import serve
 
@@ -439,7 +481,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 COMMANDS = {"sync": cmd_sync, "snapshots": cmd_snapshots, "tiers": cmd_tiers, "promote": cmd_promote,
             "rollback": cmd_rollback, "history": cmd_history, "verify": cmd_verify, "gc": cmd_gc,
-            "serve": cmd_serve, "check-config": cmd_check_config, "status": cmd_status}
+            "serve": cmd_serve, "check-config": cmd_check_config, "status": cmd_status, "diff": cmd_diff,
+            "cve": cmd_cve}
 
 
 def _size(n: int) -> str:

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -84,10 +85,27 @@ class RepoSettings:
     sources: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    keep_newest: int | None = None  # the newest N versions of each (name, arch); None: all
+    # RPM advisory filters (see mirror.filters.AdvisoryFilter)
+    advisory_types: tuple[str, ...] = ()
+    advisory_severities: tuple[str, ...] = ()
+    advisory_issued_before: datetime | None = None
+    unadvised: str = "drop"  # packages no advisory names, when advisory filters apply: "keep" | "drop"
     # "upstream" | "mirror"; resolved at load: APT "mirror" when [signing] exists, else "upstream"
     tier_signing: str = "upstream"
     package_signatures: str = "require"  # RPM: "require" | "ignore"
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    #: Seconds: signed metadata whose Date is older is refused even without (or before) Valid-Until.
+    max_age: float | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """Package filters apply: snapshots carry metadata the mirror regenerates and signs."""
+        return bool(self.include or self.exclude or self.keep_newest or self.advisory_filtered)
+
+    @property
+    def advisory_filtered(self) -> bool:
+        return bool(self.advisory_types or self.advisory_severities or self.advisory_issued_before)
 
 
 @dataclass(frozen=True)
@@ -403,6 +421,24 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
     sources = r.get("sources", bool, False)
     include = r.strings("include", ())
     exclude = r.strings("exclude", ())
+    for key, patterns in (("include", include), ("exclude", exclude)):
+        _check_patterns(r, key, patterns)
+    keep_newest = _positive(r, "keep_newest", 1) if "keep_newest" in r.data else None
+    advisory_types = r.strings("advisory_types", ())
+    advisory_severities = r.strings("advisory_severities", ())
+    issued_before = _moment(r, "advisory_issued_before")
+    unadvised = r.get("unadvised", str, "drop")
+    if unadvised not in ("keep", "drop"):
+        raise r.fail("unadvised", f"{unadvised!r} must be \"keep\" or \"drop\"")
+    advisory_keys = [k for k in ("advisory_types", "advisory_severities", "advisory_issued_before",
+                                 "unadvised") if k in r.data]
+    if advisory_keys and kind != "rpm":
+        raise r.fail(advisory_keys[0], "advisory filters apply to rpm repos only")
+    if "unadvised" in r.data and not (advisory_types or advisory_severities or issued_before):
+        raise r.fail("unadvised", "applies only with advisory_types, advisory_severities or "
+                                  "advisory_issued_before")
+    filter_keys = [k for k in ("include", "exclude", "keep_newest", "advisory_types", "advisory_severities",
+                               "advisory_issued_before") if r.data.get(k)]
     tier_signing = r.get("tier_signing", str, None)
     if tier_signing is not None and tier_signing not in ("upstream", "mirror"):
         raise r.fail("tier_signing", f"{tier_signing!r} must be \"upstream\" or \"mirror\"")
@@ -410,9 +446,11 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
         raise r.fail("suites", "is required for a deb repo (e.g. [\"bookworm\"])")
     if kind == "rpm" and "suites" in r.data:
         raise r.fail("suites", "applies to deb repos only")
-    if include or exclude:
-        raise r.fail("include" if include else "exclude",
-                     "package filters are not supported by this version yet")
+    if filter_keys and sources:
+        raise r.fail("sources", "package filters do not apply to Sources indices yet: use sources = false")
+    if filter_keys and not signing:
+        raise r.fail(filter_keys[0], "package filters need the mirror's own key (the filtered metadata is "
+                                     "regenerated and signed by it): configure a usable [signing] key")
     if tier_signing == "mirror" and kind == "rpm":
         raise r.fail("tier_signing", "\"mirror\" applies to deb repos only (RPM clients neither refuse "
                                      "an older repomd.xml nor one past a validity date)")
@@ -428,13 +466,50 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
         raise r.fail("package_signatures", f"{package_signatures!r} must be \"require\" or \"ignore\"")
     if kind == "deb" and "package_signatures" in r.data:
         raise r.fail("package_signatures", "applies to rpm repos only (APT packages are not signed)")
+    max_age = _positive_duration(r, "max_age", 1.0) if "max_age" in r.data else None
     r.finish()
     return RepoSettings(
         name=name, type=kind, url=url, keyring=keyring, fingerprints=fingerprints, suites=suites,
         components=components, architectures=architectures, languages=languages, sources=sources,
-        include=include, exclude=exclude, tier_signing=tier_signing, package_signatures=package_signatures,
-        retention=repo_retention,
+        include=include, exclude=exclude, keep_newest=keep_newest, advisory_types=advisory_types,
+        advisory_severities=advisory_severities, advisory_issued_before=issued_before, unadvised=unadvised,
+        tier_signing=tier_signing,
+        package_signatures=package_signatures,
+        retention=repo_retention, max_age=max_age,
     )
+
+
+def _moment(r: _Reader, key: str) -> datetime | None:
+    """A TOML date or datetime, or an ISO 8601 string ("2026-11-01", "2026-11-01T12:00:00Z"); UTC
+    when no zone is given."""
+    r.seen.add(key)
+    if key not in r.data:
+        return None
+    value = r.data[key]
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise r.fail(key, f"{value!r} is not a date or time (e.g. \"2026-11-01\")") from None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise r.fail(key, "must be a date or time (e.g. 2026-11-01)")
+
+
+def _check_patterns(r: _Reader, key: str, patterns: tuple[str, ...]) -> None:
+    import re as regex
+
+    from mirror.filters import compile_pattern
+
+    for pattern in patterns:
+        if not pattern:
+            raise r.fail(key, "patterns must not be empty")
+        try:
+            compile_pattern(pattern)
+        except regex.error as exc:
+            raise r.fail(key, f"{pattern!r} is not a valid regular expression: {exc}") from None
 
 
 def _check_keyring(r: _Reader, keyring: Path, fingerprints: tuple[str, ...] | None) -> None:

@@ -689,11 +689,29 @@ def diff_to_json(diff: Diff, repo: str, from_ref: SnapshotRef | tuple[str, str |
 CSV_COLUMNS = ("change", "name", "arch", "from", "to", "type", "severity", "cves", "packages")
 
 
+def terminal_safe(text: str) -> str:
+    """`text` with control and format characters (ESC, BEL, CR, U+202E ...) as visible escapes:
+    upstream metadata must never drive the terminal of whoever reads a diff (HOSTILE case 45)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)
+
+
+class _SafeWriter:
+    def __init__(self, buf: io.StringIO) -> None:
+        self._w = csv.writer(buf, lineterminator="\n")
+
+    def writerow(self, row: tuple[str, ...]) -> None:
+        self._w.writerow([terminal_safe(cell) for cell in row])
+
+
 def diff_to_csv(diff: Diff) -> str:
     """One row per package change, then one per advisory (``change`` = "advisory", ``name`` = its
-    id, ``cves`` and ``packages`` space-separated). Header row first."""
+    id, ``cves`` and ``packages`` space-separated). Header row first. Control characters in
+    upstream strings come out escaped (`terminal_safe`)."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = _SafeWriter(buf)
     w.writerow(CSV_COLUMNS)
     for p in diff.added:
         w.writerow(("added", p.name, p.arch, "", p.version, "", "", "", ""))
@@ -708,6 +726,7 @@ def diff_to_csv(diff: Diff) -> str:
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [tuple(terminal_safe(cell) for cell in r) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     return [line.format(*header).rstrip(), *(line.format(*r).rstrip() for r in rows)]

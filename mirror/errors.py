@@ -61,6 +61,12 @@ class ExpiredMetadataError(UpstreamError):
     code = "metadata_expired"
 
 
+class FutureMetadataError(UpstreamError):
+    """Signed metadata dated further ahead than clock skew explains (a fast-forward attempt)."""
+
+    code = "metadata_future"
+
+
 class MalformedMetadataError(UpstreamError):
     code = "metadata_malformed"
 

@@ -162,6 +162,7 @@ def _collect_in_db(settings: Settings, store: Store, targets: Sequence[RepoSetti
         served = _served_releases(store, [r.name for r in targets], now=now, grace=grace)
         stale = [r.id for r in store.tier_releases(latest=False) if r.id not in served]
         report.releases_removed = store.delete_tier_releases(stale)
+        store.delete_orphan_advisories()  # advisories only the removed snapshots listed
         if report.swept:
             referenced = store.referenced_digests()
             doomed = {d: n for d, n in store.blob_sizes().items() if d not in referenced}

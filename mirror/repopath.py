@@ -8,6 +8,7 @@ that climbs out, no backslashes, NUL or control characters, no empty result. Any
 from __future__ import annotations
 
 import posixpath
+from urllib.parse import unquote
 
 from mirror.errors import UnsafePathError
 
@@ -21,11 +22,19 @@ def contained(raw: str, *, what: str | None = None) -> str:
     if raw.startswith("/"):
         raise UnsafePathError(f"absolute path {raw!r} is not allowed", path=what)
     parts = raw.split("/")
+    if ":" in parts[0]:  # RFC 3986 4.2: a relative path's first segment has no colon; this is a URL
+        raise UnsafePathError(f"path {raw!r} is a URL, not a path inside the repo", path=what)
     if ".." in parts:
         raise UnsafePathError(f"path {raw!r} contains '..'", path=what)
     norm = posixpath.normpath(raw)
     if norm in (".", "") or norm.startswith("../") or norm == "..":
         raise UnsafePathError(f"path {raw!r} does not name a file inside the repo", path=what)
+    if "%" in raw and (decoded := unquote(raw)) != raw:
+        # The path also becomes a URL: `%2e%2e`, `..%2f`, `%00` would climb out or cut it upstream.
+        try:
+            contained(decoded, what=what)
+        except UnsafePathError:
+            raise UnsafePathError(f"path {raw!r} is unsafe once percent-decoded", path=what) from None
     return norm
 
 

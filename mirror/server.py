@@ -9,6 +9,9 @@ When some APT repo has `tier_signing = "mirror"`, a background task (on a third 
 re-issues the Release files of its tiers whenever they are due (`mirror.releases`): it looks
 every second whether anyone committed (a promotion by the CLI, a new snapshot from the sync timer)
 and at least every minute (validity running out); the API also re-issues right after a move.
+
+Both ports are behind a connection guard (`mirror.web.guard`: request-head timeout, idle
+timeout, connections per client address, from `[server]`), whose counters are in the metrics.
 """
 
 from __future__ import annotations

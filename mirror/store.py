@@ -9,15 +9,18 @@ step applied once inside a transaction and recorded in `schema_migrations`.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mirror.diff import Advisory, AdvisoryPackage, PackageSet, Reference, Row, row_line
 from mirror.errors import NoSpaceError, NotFoundError, StorageError
 from mirror.model import (
     EntryKind,
@@ -84,6 +87,31 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             repo TEXT NOT NULL, snapshot TEXT NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
             problem TEXT NOT NULL, repaired INTEGER NOT NULL,
             PRIMARY KEY (repo, snapshot, sha256))""",
+    )),
+    (5, "package sets per snapshot (for diffs) and advisories (updateinfo)", (
+        # one PackageSet blob per snapshot (mirror.diff.PackageSet.to_blob) and the sha256 of its
+        # sorted lines: equal digests, equal package sets. Snapshots from before: filled lazily.
+        """CREATE TABLE snapshot_packages (
+            repo TEXT NOT NULL, snapshot TEXT NOT NULL, packages BLOB NOT NULL, digest TEXT NOT NULL,
+            PRIMARY KEY (repo, snapshot))""",
+        # content-addressed: one row per distinct advisory text, shared by every snapshot listing it
+        """CREATE TABLE advisories (
+            id INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE, advisory_id TEXT NOT NULL,
+            source TEXT NOT NULL, type TEXT NOT NULL, severity TEXT NOT NULL, title TEXT NOT NULL,
+            issued TEXT, updated TEXT, status TEXT NOT NULL, description TEXT NOT NULL,
+            references_json TEXT NOT NULL)""",
+        """CREATE TABLE advisory_cves (
+            advisory INTEGER NOT NULL, cve TEXT NOT NULL, PRIMARY KEY (advisory, cve))""",
+        "CREATE INDEX advisory_cves_cve ON advisory_cves (cve)",
+        """CREATE TABLE advisory_packages (
+            advisory INTEGER NOT NULL, name TEXT NOT NULL, arch TEXT NOT NULL, epoch TEXT NOT NULL,
+            version TEXT NOT NULL, release TEXT NOT NULL, evr TEXT NOT NULL, filename TEXT NOT NULL,
+            PRIMARY KEY (advisory, name, arch, evr))""",
+        "CREATE INDEX advisory_packages_name ON advisory_packages (name, arch)",
+        """CREATE TABLE snapshot_advisories (
+            repo TEXT NOT NULL, snapshot TEXT NOT NULL, advisory INTEGER NOT NULL,
+            PRIMARY KEY (repo, snapshot, advisory))""",
+        "CREATE INDEX snapshot_advisories_advisory ON snapshot_advisories (advisory)",
     )),
 )
 
@@ -253,6 +281,7 @@ class NewSnapshot:
     roots: Sequence[RootRecord]
     entries: Sequence[ManifestEntry]
     sync_run: int | None = None
+    advisories: Sequence[Advisory] = ()  # the snapshot's updateinfo (RPM), parsed
 
 
 _MOVE_COLUMNS = "id, repo, tier, at, from_snapshot, to_snapshot, actor, reason, forced, action"
@@ -261,6 +290,23 @@ _MOVE_COLUMNS = "id, repo, tier, at, from_snapshot, to_snapshot, actor, reason, 
 def _move(r: Sequence[Any]) -> TierMove:
     return TierMove(id=r[0], repo=r[1], tier=r[2], at=datetime.fromisoformat(r[3]), from_snapshot=r[4],
                     to_snapshot=r[5], actor=r[6], reason=r[7], forced=bool(r[8]), action=r[9])
+
+
+def package_set_digest(ps: PackageSet) -> str:
+    """sha256 over a package set's sorted lines (``name<TAB>arch<TAB>version``, one a line)."""
+    h = hashlib.sha256()
+    for line in sorted(map(row_line, ps)):
+        h.update(line.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def advisory_digest(a: Advisory) -> str:
+    """sha256 of an advisory's canonical JSON: its content address in the store."""
+    doc = [a.id, a.source, a.type, a.severity, a.title, _iso(a.issued), _iso(a.updated), a.status,
+           a.description, sorted(a.cves), [[r.type, r.id, r.href, r.title] for r in a.references],
+           sorted([p.name, p.epoch, p.version, p.release, p.arch, p.filename] for p in a.packages)]
+    return hashlib.sha256(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
 def _utc_text(moment: datetime) -> str:
@@ -389,6 +435,11 @@ class Store:
                 [(new.repo, snap_id, e.path, e.sha256, e.size, e.kind.value,
                   e.package.name if e.package else None, e.package.arch if e.package else None,
                   e.package.version if e.package else None) for e in entries])
+            rows = [(e.package.name, e.package.arch, e.package.version) for e in entries
+                    if e.kind is EntryKind.PACKAGE and e.package is not None]
+            self._put_package_set(new.repo, snap_id, rows)
+            if new.advisories:
+                self.record_advisories(new.repo, snap_id, new.advisories)
             self._move_tier(new.repo, first_tier, snap_id, actor="sync", reason="new snapshot",
                             action="sync", now=now)
         return snap_id
@@ -692,7 +743,8 @@ class Store:
         if not self.db.in_transaction:
             raise StorageError("delete_snapshot outside a transaction")
         for table, column in (("manifest_entries", "snapshot"), ("snapshot_roots", "snapshot"),
-                              ("tier_releases", "snapshot"), ("snapshots", "id")):
+                              ("tier_releases", "snapshot"), ("snapshot_packages", "snapshot"),
+                              ("snapshot_advisories", "snapshot"), ("snapshots", "id")):
             self.db.execute(f"DELETE FROM {table} WHERE repo = ? AND {column} = ?", (repo, snapshot))
 
     @_locked
@@ -712,6 +764,163 @@ class Store:
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
             self.db.execute(f"DELETE FROM blobs WHERE sha256 IN ({','.join('?' * len(part))})", part)
+
+    def delete_orphan_advisories(self) -> int:
+        """Drop advisories no snapshot lists any more (their CVEs and packages too). In `transaction()`."""
+        if not self.db.in_transaction:
+            raise StorageError("delete_orphan_advisories outside a transaction")
+        orphan = "SELECT id FROM advisories WHERE id NOT IN (SELECT advisory FROM snapshot_advisories)"
+        self.db.execute(f"DELETE FROM advisory_cves WHERE advisory IN ({orphan})")
+        self.db.execute(f"DELETE FROM advisory_packages WHERE advisory IN ({orphan})")
+        return int(self.db.execute(
+            "DELETE FROM advisories WHERE id NOT IN (SELECT advisory FROM snapshot_advisories)").rowcount)
+
+    # -- package sets (diffs) ---------------------------------------------------------------
+
+    def _put_package_set(self, repo: str, snapshot: str, rows: Iterable[Row]) -> PackageSet:
+        """Store a snapshot's PackageSet blob and digest (inside the caller's transaction)."""
+        ps = PackageSet(list(rows))
+        self.db.execute("INSERT INTO snapshot_packages VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (repo, snapshot, ps.to_blob(), package_set_digest(ps)))
+        return ps
+
+    @_locked
+    def package_set(self, repo: str, snapshot: str) -> PackageSet:
+        """The snapshot's packages (NotFoundError if there is no such snapshot). A snapshot
+        committed before the table existed gets its blob now, from its manifest."""
+        row = self.db.execute("SELECT packages FROM snapshot_packages WHERE repo = ? AND snapshot = ?",
+                              (repo, snapshot)).fetchone()
+        if row is not None:
+            return PackageSet.from_blob(bytes(row[0]))
+        if not self.has_snapshot(repo, snapshot):
+            raise NotFoundError(f"no snapshot {snapshot} in repo {repo}", repo=repo)
+        rows = [(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT pkg_name, pkg_arch, pkg_version FROM manifest_entries WHERE repo = ? AND snapshot = ? "
+            "AND kind = ? AND pkg_name IS NOT NULL", (repo, snapshot, EntryKind.PACKAGE.value))]
+        if self.db.in_transaction:
+            return self._put_package_set(repo, snapshot, rows)
+        with self.transaction():
+            return self._put_package_set(repo, snapshot, rows)
+
+    @_locked
+    def package_set_digest(self, repo: str, snapshot: str) -> str:
+        """sha256 of the snapshot's sorted package lines: equal digests, equal package sets."""
+        row = self.db.execute("SELECT digest FROM snapshot_packages WHERE repo = ? AND snapshot = ?",
+                              (repo, snapshot)).fetchone()
+        if row is None:
+            self.package_set(repo, snapshot)
+            row = self.db.execute("SELECT digest FROM snapshot_packages WHERE repo = ? AND snapshot = ?",
+                                  (repo, snapshot)).fetchone()
+        return str(row[0])
+
+    # -- advisories -------------------------------------------------------------------------
+
+    def record_advisories(self, repo: str, snapshot: str, advisories: Iterable[Advisory]) -> int:
+        """Record the advisories a snapshot's metadata lists (content-addressed: an advisory
+        unchanged since an earlier snapshot is stored once). Inside `transaction()`."""
+        if not self.db.in_transaction:
+            raise StorageError("record_advisories outside a transaction")
+        by_digest = {advisory_digest(a): a for a in advisories}
+        known: dict[str, int] = {}
+        digests = list(by_digest)
+        for i in range(0, len(digests), 500):
+            part = digests[i:i + 500]
+            known.update((r[0], int(r[1])) for r in self.db.execute(
+                f"SELECT digest, id FROM advisories WHERE digest IN ({','.join('?' * len(part))})", part))
+        next_id = int(self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM advisories").fetchone()[0])
+        for digest, a in by_digest.items():
+            if digest in known:
+                continue
+            known[digest] = ident = next_id
+            next_id += 1
+            self.db.execute(
+                "INSERT INTO advisories VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ident, digest, a.id, a.source, a.type, a.severity, a.title, _iso(a.issued), _iso(a.updated),
+                 a.status, a.description,
+                 json.dumps([[r.type, r.id, r.href, r.title] for r in a.references])))
+            self.db.executemany("INSERT INTO advisory_cves VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                [(ident, c.upper()) for c in a.cves])
+            self.db.executemany(
+                "INSERT INTO advisory_packages VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(ident, p.name, p.arch, p.epoch, p.version, p.release, p.evr, p.filename)
+                 for p in a.packages])
+        self.db.executemany("INSERT INTO snapshot_advisories VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(repo, snapshot, known[d]) for d in by_digest])
+        return len(by_digest)
+
+    def _advisories(self, ids: Iterable[int]) -> dict[int, Advisory]:
+        wanted = sorted(set(ids))
+        heads: dict[int, Sequence[Any]] = {}
+        cves: dict[int, list[str]] = {}
+        packages: dict[int, list[AdvisoryPackage]] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for r in self.db.execute(
+                    "SELECT id, advisory_id, source, type, severity, title, issued, updated, status, "
+                    f"description, references_json FROM advisories WHERE id IN ({marks})", part):
+                heads[int(r[0])] = r
+            for a, cve in self.db.execute(
+                    f"SELECT advisory, cve FROM advisory_cves WHERE advisory IN ({marks}) "
+                    "ORDER BY advisory, cve", part):
+                cves.setdefault(int(a), []).append(cve)
+            for r in self.db.execute(
+                    "SELECT advisory, name, epoch, version, release, arch, filename FROM advisory_packages "
+                    f"WHERE advisory IN ({marks}) ORDER BY advisory, name, arch, evr", part):
+                packages.setdefault(int(r[0]), []).append(AdvisoryPackage(r[1], r[2], r[3], r[4], r[5], r[6]))
+        return {i: Advisory(id=r[1], source=r[2], type=r[3], severity=r[4], title=r[5], issued=_dt(r[6]),
+                            updated=_dt(r[7]), status=r[8], description=r[9],
+                            references=tuple(Reference(*x) for x in json.loads(r[10])),
+                            cves=tuple(cves.get(i, ())), packages=tuple(packages.get(i, ())))
+                for i, r in heads.items()}
+
+    @_locked
+    def advisory_ids(self, repo: str, snapshot: str) -> set[str]:
+        """The advisory ids (e.g. "RLSA-2026:1234") a snapshot lists."""
+        return {r[0] for r in self.db.execute(
+            "SELECT a.advisory_id FROM snapshot_advisories s JOIN advisories a ON a.id = s.advisory "
+            "WHERE s.repo = ? AND s.snapshot = ?", (repo, snapshot))}
+
+    @_locked
+    def snapshot_advisories(self, repo: str, snapshot: str) -> list[Advisory]:
+        """Every advisory a snapshot lists, by id."""
+        ids = [int(r[0]) for r in self.db.execute(
+            "SELECT advisory FROM snapshot_advisories WHERE repo = ? AND snapshot = ?", (repo, snapshot))]
+        return sorted(self._advisories(ids).values(), key=lambda a: a.id)
+
+    @_locked
+    def advisories_for_diff(self, repo: str, to: str, from_ids: Set[str],
+                            names: Iterable[str]) -> list[Advisory]:
+        """TO's advisories that can matter to a diff: those whose id is not in `from_ids`, and
+        those listing a package named in `names` (the upgraded packages)."""
+        chosen = {int(r[0]) for r in self.db.execute(
+            "SELECT s.advisory, a.advisory_id FROM snapshot_advisories s "
+            "JOIN advisories a ON a.id = s.advisory WHERE s.repo = ? AND s.snapshot = ?",
+            (repo, to)) if r[1] not in from_ids}
+        wanted = sorted(set(names))
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            chosen.update(int(r[0]) for r in self.db.execute(
+                "SELECT DISTINCT s.advisory FROM snapshot_advisories s JOIN advisory_packages p "
+                f"ON p.advisory = s.advisory WHERE s.repo = ? AND s.snapshot = ? AND p.name IN "
+                f"({','.join('?' * len(part))})", (repo, to, *part)))
+        return list(self._advisories(chosen).values())
+
+    @_locked
+    def advisories_by_cve(self, cve: str) -> dict[str, list[tuple[Advisory, frozenset[str]]]]:
+        """repo -> the advisories naming `cve` that any snapshot of the repo lists, each with
+        the snapshots listing it."""
+        where: dict[int, dict[str, set[str]]] = {}
+        for ident, repo, snap in self.db.execute(
+                "SELECT c.advisory, s.repo, s.snapshot FROM advisory_cves c JOIN snapshot_advisories s "
+                "ON s.advisory = c.advisory WHERE c.cve = ?", (cve.upper(),)):
+            where.setdefault(int(ident), {}).setdefault(repo, set()).add(snap)
+        loaded = self._advisories(where)
+        out: dict[str, list[tuple[Advisory, frozenset[str]]]] = {}
+        for ident, repos in sorted(where.items()):
+            for repo, snaps in repos.items():
+                out.setdefault(repo, []).append((loaded[ident], frozenset(snaps)))
+        return out
 
     # -- verify results ---------------------------------------------------------------------
 

@@ -17,14 +17,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from mirror.config import RepoSettings, Settings
+from mirror.diff import Advisory
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
+    FutureMetadataError,
     LockedError,
     MirrorError,
     RollbackError,
@@ -37,6 +39,9 @@ from mirror.trust.gpg import Keyring
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_BEFORE_ABORT = 20
+#: Signed metadata dated more than this ahead of our clock is refused (fast-forward, HOSTILE T4):
+#: accepted, its Date would become the mark that makes every genuine later release a rollback.
+MAX_FUTURE_SKEW = timedelta(days=1)
 
 
 @dataclass
@@ -91,6 +96,7 @@ class SyncContext:
     progress: Progress
     recorded: set[str] = field(default_factory=set)
     recorded_loaded: bool = False  # `recorded` holds every wanted digest the database has
+    advisories: Sequence[Advisory] = ()  # parsed from verified metadata (RPM updateinfo), committed along
 
     def url(self, path: str) -> str:
         return self.repo.url + path
@@ -163,6 +169,13 @@ def plan_key(repo: RepoSettings) -> str:
     """What, besides upstream, decides a snapshot's content: a change makes a new snapshot."""
     shape = {"type": repo.type, "suites": repo.suites, "components": repo.components,
              "architectures": repo.architectures, "languages": repo.languages, "sources": repo.sources}
+    if repo.filtered:  # only then: unfiltered repos keep the key (and the snapshots) they had
+        shape["filters"] = {"include": repo.include, "exclude": repo.exclude, "keep_newest": repo.keep_newest}
+    if repo.advisory_filtered:
+        before = repo.advisory_issued_before
+        shape["advisories"] = {"types": repo.advisory_types, "severities": repo.advisory_severities,
+                               "issued_before": before.isoformat() if before else None,
+                               "unadvised": repo.unadvised}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -191,6 +204,16 @@ def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: d
             raise ExpiredMetadataError(
                 f"expired: Valid-Until {record.valid_until.isoformat()} is before now "
                 f"({ctx.now.replace(microsecond=0).isoformat()})", repo=ctx.repo.name, path=what)
+        max_age = ctx.repo.max_age
+        if max_age is not None and record.date is not None \
+                and record.date + timedelta(seconds=max_age) < ctx.now:
+            raise ExpiredMetadataError(
+                f"expired: Date {record.date.isoformat()} is older than max_age "
+                f"({timedelta(seconds=max_age)}) allows", repo=ctx.repo.name, path=what)
+        if record.date is not None and record.date > ctx.now + MAX_FUTURE_SKEW:
+            raise FutureMetadataError(
+                f"dated in the future: Date {record.date.isoformat()} is more than {MAX_FUTURE_SKEW} "
+                f"after now ({ctx.now.replace(microsecond=0).isoformat()})", repo=ctx.repo.name, path=what)
         before = previous.get(record.name)
         if allow_rollback or before is None:
             continue
@@ -308,9 +331,9 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
 
     ctx.progress.update(phase="committing")
     await asyncio.to_thread(ctx.pool.make_durable)
-    new = NewSnapshot(repo=repo.name, signed_by="upstream", plan_key=key,
+    new = NewSnapshot(repo=repo.name, signed_by="mirror" if repo.filtered else "upstream", plan_key=key,
                       roots=[r.record for r in roots], entries=sorted(entries.values(), key=lambda e: e.path),
-                      sync_run=run_id)
+                      sync_run=run_id, advisories=ctx.advisories)
     return await asyncio.to_thread(store.commit_snapshot, new, ctx.settings.tiers[0])
 
 

@@ -107,6 +107,12 @@ def test_bad_names_in_bodies_and_queries_are_400(env: Env, bad: str) -> None:
         reply = http("GET", env.api + path)
         assert reply.status == 400, (path, reply.body)
         assert reply.json()["error"]["code"] == "invalid_request"
+    q = quote(bad, safe="")
+    for path in (f"/repos/repo/diff?from={q}&to=dev", f"/repos/repo/diff?from=dev&to={q}",
+                 f"/repos/repo/advisories?in={q}", f"/repos/repo/advisories?in=dev&not_in={q}"):
+        reply = http("GET", env.api + path)  # tier, snapshot or TIER@TIME refs (mirror.diffs)
+        assert reply.status in (400, 404), (path, reply.body)
+        assert reply.json()["error"]["code"] in ("invalid_request", "not_found")
     assert env.moves() == before
 
 

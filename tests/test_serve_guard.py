@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import itertools
+import os
 import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -31,7 +35,7 @@ from mirror.web.guard import (
     RequestFramer,
     start_guarded_server,
 )
-from mirror.web.repo import make_repo_app
+from mirror.web.repo import SMALL_FILE_MAX, make_repo_app
 from tests.test_web_repo import DEB, DEB_PATH, build_catalog
 
 TARGET = f"/dev/repo/{DEB_PATH}"
@@ -43,6 +47,7 @@ class Guarded:
     port: int
     guard: ConnectionGuard
     runner: web.AppRunner
+    catalog: Any = None
 
 
 @contextlib.contextmanager
@@ -77,7 +82,9 @@ def guarded(app: web.Application, policy: GuardPolicy) -> Iterator[Guarded]:
 def repo_server(tmp_path: Path) -> Iterator[Guarded]:
     # idle_timeout well above header_timeout: a cut before it can only be the guard's.
     policy = GuardPolicy(header_timeout=1.0, idle_timeout=3.0, max_connections_per_client=64)
-    with guarded(make_repo_app(build_catalog(tmp_path)), policy) as server:
+    catalog = build_catalog(tmp_path)
+    with guarded(make_repo_app(catalog), policy) as server:
+        server.catalog = catalog
         yield server
 
 
@@ -85,9 +92,13 @@ def connect(port: int, source: str = "127.0.0.1", timeout: float = 10) -> socket
     return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
 
 
+_PENDING: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response (Content-Length framed) from a keep-alive connection."""
-    buf = b""
+    """One response (Content-Length framed) from a keep-alive connection; what arrives after it
+    (pipelined responses) is kept for the next call."""
+    buf = _PENDING.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -98,12 +109,13 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     length = int(headers.get("content-length", "0"))
     while len(rest) < length:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1 << 20)
         if not chunk:
             raise ConnectionError("closed in the body")
         rest += chunk
-    assert len(rest) == length, "unexpected bytes after the response"
-    return int(status_line.split()[1]), headers, rest
+    if len(rest) > length:
+        _PENDING[sock] = rest[length:]
+    return int(status_line.split()[1]), headers, rest[:length]
 
 
 def closed_after(sock: socket.socket, limit: float) -> float | None:
@@ -374,6 +386,43 @@ def test_per_client_cap_closes_the_connection_over_it(tmp_path: Path) -> None:
         assert server.guard.refused == 1
 
 
+def test_500_slowloris_and_500_idle_connections_from_one_address(tmp_path: Path) -> None:
+    """HOSTILE case 68 at full size: one address opens 500 dribbling and 500 silent connections.
+    The default cap admits 64, the rest are reset at once; a client at another address keeps
+    getting fast answers; the admitted ones are cut by the header timeout."""
+    policy = GuardPolicy(header_timeout=1.5, idle_timeout=30.0)  # default cap: 64
+    with guarded(make_repo_app(build_catalog(tmp_path)), policy) as server:
+        crowd = Slowloris(server.port, 500, interval=0.5, source="127.0.0.5")
+        idle = [connect(server.port, "127.0.0.5") for _ in range(500)]
+        try:
+            deadline = time.monotonic() + 5
+            while server.guard.refused + server.guard.open.get("127.0.0.5", 0) < 1000 \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.guard.open.get("127.0.0.5") == 64
+            assert server.guard.refused == 936
+            slowest = 0.0
+            for _ in range(10):
+                started = time.monotonic()
+                sock = connect(server.port, "127.0.0.1")
+                sock.sendall(REQUEST)
+                assert read_response(sock)[2] == DEB
+                sock.close()
+                slowest = max(slowest, time.monotonic() - started)
+            assert slowest < 0.5, slowest
+            crowd.wait_all_closed(5)
+            assert len(crowd.closed_at) == 500
+            deadline = time.monotonic() + 5
+            while server.guard.open.get("127.0.0.5") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "127.0.0.5" not in server.guard.open
+            assert server.guard.header_timeouts == 64
+        finally:
+            crowd.close()
+            for sock in idle:
+                sock.close()
+
+
 # -- normal traffic is unaffected -------------------------------------------------------------
 
 
@@ -413,11 +462,56 @@ def test_keep_alive_pipelining_head_and_range_still_work(repo_server: Guarded) -
     assert repo_server.guard.header_timeouts == 0
 
 
+def test_large_files_go_out_by_sendfile_with_range_head_and_keep_alive(repo_server: Guarded) -> None:
+    """Files over SMALL_FILE_MAX take the sendfile path (reading is paused meanwhile): full GET,
+    ranges, HEAD and If-Range, pipelined, on one guarded keep-alive connection."""
+    big = os.urandom(SMALL_FILE_MAX * 4 + 7)
+    catalog = repo_server.catalog
+    catalog.add(catalog.tiers[("dev", "repo")], "pool/big_1_all.deb", big)
+    target = "/dev/repo/pool/big_1_all.deb"
+    etag = f'"{hashlib.sha256(big).hexdigest()}"'
+    sock = connect(repo_server.port)
+    try:
+        def ask(extra: str = "", method: str = "GET") -> bytes:
+            return f"{method} {target} HTTP/1.1\r\nHost: mirror\r\n{extra}\r\n".encode()
+
+        sock.sendall(ask() + ask("Range: bytes=1000-600000\r\n") + ask("Range: bytes=-70000\r\n"))
+        status, headers, body = read_response(sock)
+        assert (status, body, headers["etag"]) == (200, big, etag)
+        status, headers, body = read_response(sock)
+        assert (status, body) == (206, big[1000:600001])
+        assert headers["content-range"] == f"bytes 1000-600000/{len(big)}"
+        status, headers, body = read_response(sock)
+        assert (status, body) == (206, big[-70000:])
+        sock.sendall(ask(method="HEAD"))
+        status, headers, body = _read_head_only(sock)
+        assert (status, headers["content-length"], headers["etag"]) == (200, str(len(big)), etag)
+        sock.sendall(ask(f"Range: bytes=0-9\r\nIf-Range: {etag}\r\n"))
+        assert read_response(sock)[2] == big[:10]
+        sock.sendall(ask('Range: bytes=0-9\r\nIf-Range: "stale"\r\n'))
+        assert read_response(sock)[2] == big
+        sock.sendall(ask(f"Range: bytes={len(big)}-\r\n"))
+        status, headers, _ = read_response(sock)
+        assert (status, headers["content-range"]) == (416, f"bytes */{len(big)}")
+        sock.sendall(ask(f"If-None-Match: {etag}\r\n"))
+        assert read_response(sock)[0] == 304
+    finally:
+        sock.close()
+    assert repo_server.guard.header_timeouts == 0
+
+
 def _read_head_only(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    buf = b""
+    """A response without a body (to HEAD), whatever its Content-Length says."""
+    buf = _PENDING.pop(sock, b"")
     while b"\r\n\r\n" not in buf:
-        buf += sock.recv(1)
-    status_line, *lines = buf[:-4].decode("latin-1").split("\r\n")
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {buf!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if rest:
+        _PENDING[sock] = rest
+    status_line, *lines = head.decode("latin-1").split("\r\n")
     return int(status_line.split()[1]), {k.strip().lower(): v.strip() for k, _, v in
                                          (line.partition(":") for line in lines)}, b""
 

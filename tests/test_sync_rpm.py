@@ -177,6 +177,16 @@ def billion_laughs(s: Setup) -> None:
         "test package", "&lol8;", 1))
 
 
+def billion_laughs_in_updateinfo(s: Setup) -> None:
+    _new_package(s, updateinfo=[ADVISORY])
+    bomb = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+            + "".join(f'<!ENTITY lol{i} "{"&lol{};".format(i - 1 if i > 1 else "") * 10}">'
+                      for i in range(1, 9))
+            + "]>\n")
+    s.upstream.edit_metadata("updateinfo", lambda x: bomb + x.split("?>", 1)[1].replace(
+        "A test advisory.", "&lol8;", 1))
+
+
 def unsigned_repomd(s: Setup) -> None:
     _new_package(s, sign_repomd=False)
     s.upstream.repomd_asc_path.unlink(missing_ok=True)
@@ -195,6 +205,8 @@ HOSTILE: list[tuple[str, Callable[[Setup], None], str, str, str]] = [
     ("location_href_escapes", href_escapes, "unsafe_path", "hello", "'..'"),
     ("xml_base_to_another_host", xml_base_elsewhere, "unsafe_path", "hello", "xml:base"),
     ("billion_laughs_in_primary", billion_laughs, "metadata_malformed", "primary", "DTD"),
+    ("billion_laughs_in_updateinfo", billion_laughs_in_updateinfo, "metadata_malformed", "updateinfo",
+     "declaration"),
 ]
 
 

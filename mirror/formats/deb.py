@@ -549,6 +549,28 @@ def parse_packages(data: bytes, *, what: str) -> list[BinaryPackage]:
     return result
 
 
+def packages_paragraphs(data: bytes, *, what: str) -> list[tuple[BinaryPackage, bytes]]:
+    """Each package of a Packages index with its paragraph as written (LF line ends, no blank lines
+    around it, no trailing newline), in `parse_packages` order; refuses what it refuses."""
+    packages = parse_packages(data, what=what)
+    data = _normalise_text(data, what)
+    parts = data.split(b"\n\n")
+    texts: list[bytes] = []
+    odd_starts = _PARAGRAPH_ODD_STARTS
+    for index, part in enumerate(parts):
+        if part[:1] in odd_starts and _paragraph_is_blank(part, what, data, parts, index):
+            continue
+        lines = part.split(b"\n")
+        while lines and (not lines[0] or lines[0].isspace()):
+            lines.pop(0)
+        while lines and (not lines[-1] or lines[-1].isspace()):
+            lines.pop()
+        texts.append(b"\n".join(lines))
+    if len(texts) != len(packages):
+        raise _malformed(what, f"{len(texts)} paragraphs for {len(packages)} packages")
+    return list(zip(packages, texts, strict=True))
+
+
 # --------------------------------------------------------------------------------------------
 # Sources
 

@@ -18,6 +18,7 @@ from mirror.errors import MalformedMetadataError
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+_PACKAGES_ATTR = re.compile(rb"<metadata\b[^>]*?\spackages=[\"']([0-9]{1,12})[\"']")
 STRONG_CHECKSUMS = ("sha256", "sha512", "sha384", "sha224")
 
 
@@ -135,7 +136,9 @@ def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
     import createrepo_c as cr
 
     with path.open("rb") as f:
-        refuse_dtd(f.read(4096), what=what)
+        head = f.read(4096)
+    refuse_dtd(head, what=what)
+    declared = _PACKAGES_ATTR.search(head)
     out: list[RpmPackageEntry] = []
     warnings: list[str] = []
 
@@ -157,6 +160,9 @@ def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
         raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
     if warnings:
         raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
+    if declared is not None and int(declared.group(1)) != len(out):
+        raise MalformedMetadataError(f"declares packages=\"{int(declared.group(1))}\" but lists {len(out)} "
+                                     "packages", path=what)
     for p in out:
         if not (p.name and p.version and p.arch and p.href and p.checksum):
             raise MalformedMetadataError(f"package entry {p.name!r} lacks name, version, arch, location "

@@ -24,7 +24,14 @@ from mirror.errors import (
     WeakDigestError,
 )
 from mirror.formats.compression import PREFERENCE, decompress_file, split_variant
-from mirror.formats.deb import Release, ReleaseFileEntry, parse_packages, parse_release, parse_sources
+from mirror.formats.deb import (
+    BinaryPackage,
+    Release,
+    ReleaseFileEntry,
+    parse_packages,
+    parse_release,
+    parse_sources,
+)
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained, join
 from mirror.sync import SyncContext, VerifiedRoot, Wanted
@@ -86,6 +93,14 @@ class AptFormat:
         wanted: list[Wanted] = []
         for root in roots:
             assert isinstance(root, AptRoot) and root.release is not None
+            if ctx.repo.filtered:  # the mirror's own signed metadata replaces the upstream's root files
+                from mirror.regenerate import regenerate_suite
+
+                suite_wanted = await self._plan_suite(ctx, root.suite, root.release)
+                wanted.extend(await regenerate_suite(ctx, root.suite, root.release,
+                                                     _architectures(ctx, root.release), suite_wanted,
+                                                     root.files))
+                continue
             if f"dists/{root.suite}/InRelease" in root.files:
                 await _add_detached_release(ctx, root)
             wanted.extend(await self._plan_suite(ctx, root.suite, root.release))
@@ -99,13 +114,13 @@ class AptFormat:
                 raise MalformedMetadataError(f"component {comp!r} is not in the signed Release "
                                              f"(it has {', '.join(release.components)})",
                                              repo=repo.name, path=what)
-        archs = list(repo.architectures)
-        for arch in archs:
+        for arch in repo.architectures:
             if release.architectures and arch not in release.architectures:
                 raise MalformedMetadataError(f"architecture {arch!r} is not in the signed Release",
                                              repo=repo.name, path=what)
-        if "all" in release.architectures and "all" not in archs:
-            archs.append("all")
+        archs = _architectures(ctx, release)
+        for path in release.files:  # every entry, used or not: a signed Release naming `../x` is hostile
+            contained(path, what=what)
         groups: dict[str, list[ReleaseFileEntry]] = {}
         for path, entry in release.files.items():
             groups.setdefault(split_variant(path)[0], []).append(entry)
@@ -114,9 +129,11 @@ class AptFormat:
         for comp in repo.components:
             for arch in archs:
                 base = f"{comp}/binary-{arch}/Packages"
-                data = await _fetch_index(ctx, suite, release, groups.get(base), base, wanted,
-                                          required=arch != "all")
-                if data is not None:
+                data = await _fetch_index(ctx, suite, release, groups.get(base), base,
+                                          [] if repo.filtered else wanted, required=arch != "all")
+                if data is not None and repo.filtered:
+                    wanted.extend(await _filtered_packages(ctx, data, f"dists/{suite}/{base}"))
+                elif data is not None:
                     wanted.extend(await asyncio.to_thread(_packages, data, f"dists/{suite}/{base}"))
             for lang in repo.languages:
                 base = f"{comp}/i18n/Translation-{lang}"
@@ -232,9 +249,32 @@ async def _decompress(ctx: SyncContext, item: Wanted, kind: str, plain: Wanted |
     return data
 
 
+def _architectures(ctx: SyncContext, release: Release) -> list[str]:
+    """The configured architectures, plus "all" when the signed Release has it."""
+    archs = list(ctx.repo.architectures)
+    if "all" in release.architectures and "all" not in archs:
+        archs.append("all")
+    return archs
+
+
+async def _filtered_packages(ctx: SyncContext, data: bytes, what: str) -> list[Wanted]:
+    """A filtered repo: the kept packages of a verified index, and its regenerated Packages files."""
+    from mirror.regenerate import filter_packages, generated_packages, repo_filter
+
+    try:
+        kept, text = await asyncio.to_thread(filter_packages, repo_filter(ctx), data, what=what)
+    except MirrorError as exc:
+        raise exc.with_context(repo=ctx.repo.name, path=what) from None
+    return _wanted_packages(kept, what) + await generated_packages(ctx, what, text)
+
+
 def _packages(data: bytes, what: str) -> list[Wanted]:
+    return _wanted_packages(parse_packages(data, what=what), what)
+
+
+def _wanted_packages(packages: Sequence[BinaryPackage], what: str) -> list[Wanted]:
     out: list[Wanted] = []
-    for p in parse_packages(data, what=what):
+    for p in packages:
         path = contained(p.filename, what=what)
         if p.sha256 is None:
             raise WeakDigestError(f"package {p.name} {p.version} has no SHA256 in the index", path=what)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mirror.diff import Advisory
 from mirror.errors import (
     ChecksumMismatchError,
     MalformedMetadataError,
@@ -35,6 +36,7 @@ from mirror.formats.rpm import (
     parse_primary,
     parse_repomd,
 )
+from mirror.formats.updateinfo import load_updateinfo
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained
 from mirror.sync import SyncContext, VerifiedRoot, Wanted
@@ -104,15 +106,23 @@ class RpmFormat:
         assert isinstance(root, RpmRoot) and root.repomd is not None
         wanted: list[Wanted] = []
         primary: tuple[RepomdRecord, str] | None = None
+        digests: dict[str, str] = {}
         for record in root.repomd.records:
             expected = _record_expected(ctx, record)
             digest = await ctx.ingest(expected)
+            digests[record.type] = digest
             wanted.append(Wanted(_with_sha256(expected, digest)))
             if record.type == "primary":
                 primary = (record, digest)
+            elif record.type == "updateinfo":
+                ctx.advisories = await _load_advisories(ctx, record, digest)
         if primary is None:
             raise MalformedMetadataError("repomd lists no primary record", repo=ctx.repo.name, path=REPOMD)
         entries = await _parse_primary(ctx, *primary)
+        if ctx.repo.filtered:  # the mirror's own signed repodata replaces the upstream's
+            from mirror.repodata import regenerate
+
+            entries, wanted = await regenerate(ctx, root.repomd, digests, entries, root.files)
         return wanted + await _packages(ctx, entries)
 
 
@@ -172,6 +182,17 @@ async def _parse_primary(ctx: SyncContext, record: RepomdRecord, digest: str) ->
             return await asyncio.to_thread(parse_primary, plain, what=path)
         except MalformedMetadataError as exc:
             raise exc.with_context(repo=ctx.repo.name, path=path) from None
+
+
+async def _load_advisories(ctx: SyncContext, record: RepomdRecord, digest: str) -> list[Advisory]:
+    """The advisories of an updateinfo record whose checksum verified (malformed: the sync fails)."""
+    path = contained(record.href)
+    cap = record.open_size if record.open_size is not None else ctx.settings.sync.max_index_size
+    try:
+        return await asyncio.to_thread(load_updateinfo, ctx.pool.path_for(digest), split_variant(path)[1],
+                                       cap=cap, what=path, tmp_dir=ctx.tmp)
+    except MalformedMetadataError as exc:
+        raise exc.with_context(repo=ctx.repo.name, path=path) from None
 
 
 def _file_digest(path: Path, algo: str) -> str:

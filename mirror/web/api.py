@@ -10,7 +10,9 @@ Safety (HOSTILE.md 71-74): a mutating call (any method but GET/HEAD) needs
 token's name is the actor in the history) and a JSON body (`Content-Type: application/json`, so a
 cross-site form post cannot promote); GET never changes state; no CORS headers are sent. Reads
 are open unless `[server] read_auth = true`; `/healthz` is always open. A client address with too
-many failed authentications within a minute gets 429 for a while.
+many failed authentications within a minute gets 429 for a while. Repo, tier and snapshot names
+are checked (`mirror.names`) before anything looks them up: malformed is 400, unknown 404. Every
+response carries the security headers (`mirror.web.repo.SECURITY_HEADERS`) and no CORS header.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from mirror.config import Settings
 from mirror.errors import (
     InvalidRequestError,
     MirrorError,
-    NotImplementedYetError,
     RateLimitedError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
@@ -433,9 +434,60 @@ async def history(request: web.Request) -> web.Response:
                                          limit=limit))
 
 
-async def diff(request: web.Request) -> web.Response:
-    _repo(request)
-    raise NotImplementedYetError("diff is not implemented by this version yet")
+def _query_text(request: web.Request, key: str, *, required: bool = False) -> str | None:
+    values = request.query.getall(key, [])
+    if len(values) > 1:
+        raise InvalidRequestError(f"query parameter {key!r} given more than once")
+    if not values:
+        if required:
+            raise InvalidRequestError(f"query parameter {key!r} is required")
+        return None
+    if not values[0] or len(values[0]) > 200:
+        raise InvalidRequestError(f"query parameter {key!r} must be 1 to 200 characters")
+    return values[0]
+
+
+async def diff(request: web.Request) -> web.StreamResponse:
+    """`?from=&to=` (tier, snapshot id or TIER@TIME) -> the CONTRACT's diff; `&format=csv`: CSV."""
+    from mirror.diff import diff_to_csv
+    from mirror.diffs import compute_diff
+
+    repo = _repo(request)
+    from_ref = _query_text(request, "from", required=True)
+    to_ref = _query_text(request, "to", required=True)
+    fmt = _query_text(request, "format") or "json"
+    if fmt not in ("json", "csv"):
+        raise InvalidRequestError("format must be json or csv")
+    assert from_ref is not None and to_ref is not None
+    result = await asyncio.to_thread(compute_diff, request.app[STORE], request.app[SETTINGS], repo, from_ref,
+                                     to_ref)
+    if fmt == "csv":
+        text = await asyncio.to_thread(diff_to_csv, result.diff)
+        return web.Response(text=text, content_type="text/csv", charset="utf-8",
+                            headers={hdrs.CACHE_CONTROL: "no-store"})
+    return _json(await asyncio.to_thread(result.as_json))
+
+
+async def cve(request: web.Request) -> web.Response:
+    """Per repo and tier: whether it carries the fix of a CVE, and which snapshot first did."""
+    from mirror.diffs import check_cve, cve_report
+
+    ident = check_cve(request.match_info["cve"])
+    report = await asyncio.to_thread(cve_report, request.app[STORE], request.app[SETTINGS], ident)
+    return _json(report.as_json())
+
+
+async def advisories(request: web.Request) -> web.Response:
+    """`?in=TIER[&not_in=TIER][&type=security]`: advisories IN lists and NOT_IN does not."""
+    from mirror.diffs import pending_advisories
+
+    repo = _repo(request)
+    in_ref = _query_text(request, "in", required=True)
+    assert in_ref is not None
+    not_in = _query_text(request, "not_in")
+    kind = _query_text(request, "type")
+    return _json(await asyncio.to_thread(pending_advisories, request.app[STORE], request.app[SETTINGS], repo,
+                                         in_ref, not_in, kind))
 
 
 async def start_sync(request: web.Request) -> web.Response:
@@ -537,6 +589,8 @@ def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None =
     router.add_post("/api/v1/repos/{repo}/rollback", rollback)
     router.add_get("/api/v1/repos/{repo}/history", history)
     router.add_get("/api/v1/repos/{repo}/diff", diff)
+    router.add_get("/api/v1/repos/{repo}/advisories", advisories)
+    router.add_get("/api/v1/cves/{cve}", cve)
     router.add_post("/api/v1/repos/{repo}/sync", start_sync)
     router.add_get("/api/v1/syncs", list_syncs)
     router.add_post("/api/v1/gc", run_gc)

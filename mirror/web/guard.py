@@ -96,6 +96,16 @@ class GuardPolicy:
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _OPAQUE = range(7)
 
 
+def _head_end(buf: bytes | bytearray, start: int) -> int:
+    """Index just past the empty line that ends a request head in `buf` (lines end in CRLF or a
+    bare LF), searching from `start`; -1 if it has not arrived yet."""
+    crlf = buf.find(b"\n\r\n", start)
+    lf = buf.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(buf))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
 class RequestFramer:
     """Follows the request stream of one HTTP/1.x connection: where each head ends, how long its
     body is.  It only watches (aiohttp parses for real); on framing it cannot follow (a malformed
@@ -175,19 +185,20 @@ class RequestFramer:
                 self.head_started = True
             if pos == end:
                 return pos
+            stop = _head_end(data, pos)
+            if stop >= 0:  # the common case: a whole head in one read
+                self._complete_head(data[pos:stop])
+                return stop
         self.head_started = True
         head = self._head
         head += memoryview(data)[pos:]
-        begin = max(0, self._scanned - 2)
-        ends = [i for i in (head.find(b"\n\n", begin), head.find(b"\n\r\n", begin)) if i >= 0]
-        if not ends:
+        stop = _head_end(head, max(0, self._scanned - 2))
+        if stop < 0:
             self._scanned = len(head)
             if len(head) > MAX_HEAD_BYTES:
                 self.oversized = True
                 self._state = _OPAQUE
             return end
-        stop = min(ends)
-        stop += 2 if head[stop + 1] == 0x0A else 3
         used = stop - (len(head) - (end - pos))  # bytes of this feed that belong to the head
         self._complete_head(bytes(head[:stop]))
         return pos + used
@@ -282,7 +293,6 @@ class ConnectionGuard:
         self.refused = 0  # connections closed at once: over the per-client cap
         self.header_timeouts = 0  # aborted: no complete request head in time
         self.body_timeouts = 0  # aborted: the request body stalled
-        self.listener: Callable[[str], None] | None = None  # called with "refused", "header", "body"
 
     @property
     def connections(self) -> int:
@@ -310,11 +320,6 @@ class ConnectionGuard:
             self.header_timeouts += 1
         else:
             self.body_timeouts += 1
-        if self.listener is not None:
-            try:
-                self.listener(what)
-            except Exception:  # metrics must never break serving
-                log.exception("connection guard listener failed")
 
     def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         loop = asyncio.get_running_loop()

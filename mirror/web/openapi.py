@@ -65,6 +65,7 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
                      read_auth: bool = False) -> dict[str, Any]:
     """The document for a server with these tiers and repos; reads need a token when `read_auth`."""
     repo_param = {"name": "repo", "in": "path", "required": True, "schema": _repo_schema(repos)}
+    ref_schema = {"type": "string", "minLength": 1, "maxLength": 200}
     tier_schema = {"type": "string", "enum": list(tiers)}
     tier_state = {
         "type": "object", "required": ["snapshot", "since"], "additionalProperties": False,
@@ -199,6 +200,78 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
                                    "unrecorded_bytes": {"type": "integer", "minimum": 0}}},
             },
         },
+        "SideRef": {
+            "type": "object", "additionalProperties": False, "required": ["ref", "snapshot"],
+            "properties": {"ref": {"type": "string"},
+                           "snapshot": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN})},
+        },
+        "PackageVersion": {
+            "type": "object", "additionalProperties": False, "required": ["name", "arch", "version"],
+            "properties": {"name": {"type": "string"}, "arch": {"type": "string"},
+                           "version": {"type": "string"}},
+        },
+        "VersionChange": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "arch", "from", "to", "from_kept", "to_was_present"],
+            "properties": {"name": {"type": "string"}, "arch": {"type": "string"}, "from": {"type": "string"},
+                           "to": {"type": "string"},
+                           "from_kept": {"type": "boolean", "description": "the old version stays too"},
+                           "to_was_present": {"type": "boolean",
+                                              "description": "the new newest was there before"}},
+        },
+        "AdvisoryRef": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "type", "severity", "cves", "packages", "title", "issued"],
+            "properties": {"id": {"type": "string"}, "type": {"type": "string"},
+                           "severity": {"type": "string"},
+                           "cves": {"type": "array", "items": {"type": "string"}},
+                           "packages": {"type": "array", "items": {"type": "string"}},
+                           "title": {"type": "string"},
+                           "issued": _nullable({"type": "string", "format": "date-time"})},
+        },
+        "Diff": {
+            "type": "object", "additionalProperties": False,
+            "required": ["repo", "from", "to", "added", "removed", "upgraded", "downgraded", "advisories",
+                         "summary"],
+            "properties": {
+                "repo": {"type": "string"}, "from": _ref("SideRef"), "to": _ref("SideRef"),
+                "added": {"type": "array", "items": _ref("PackageVersion")},
+                "removed": {"type": "array", "items": _ref("PackageVersion")},
+                "upgraded": {"type": "array", "items": _ref("VersionChange")},
+                "downgraded": {"type": "array", "items": _ref("VersionChange")},
+                "advisories": {"type": "array", "items": _ref("AdvisoryRef")},
+                "summary": {"type": "object", "additionalProperties": False,
+                            "required": ["added", "removed", "upgraded", "downgraded", "advisories"],
+                            "properties": {k: {"type": "integer", "minimum": 0} for k in
+                                           ("added", "removed", "upgraded", "downgraded", "advisories")}},
+            },
+        },
+        "PendingAdvisories": {
+            "type": "object", "additionalProperties": False,
+            "required": ["repo", "in", "not_in", "type", "advisories"],
+            "properties": {"repo": {"type": "string"}, "in": _ref("SideRef"),
+                           "not_in": {**_ref("SideRef"), "nullable": True},
+                           "type": _nullable({"type": "string"}),
+                           "advisories": {"type": "array", "items": _ref("AdvisoryRef")}},
+        },
+        "CveReport": {
+            "type": "object", "additionalProperties": False, "required": ["cve", "tiers"],
+            "properties": {"cve": {"type": "string"}, "tiers": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["repo", "tier", "snapshot", "status", "first_fixed", "advisories", "packages"],
+                "properties": {
+                    "repo": {"type": "string"}, "tier": {"type": "string"},
+                    "snapshot": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                    "status": {"type": "string", "enum": ["fixed", "vulnerable", "not_affected", "unknown"]},
+                    "first_fixed": _nullable({"type": "string", "pattern": SNAPSHOT_PATTERN}),
+                    "advisories": {"type": "array", "items": {"type": "string"}},
+                    "packages": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["name", "arch", "carried", "fixed_in", "fixed"],
+                        "properties": {"name": {"type": "string"}, "arch": {"type": "string"},
+                                       "carried": {"type": "string"}, "fixed_in": {"type": "string"},
+                                       "fixed": {"type": "boolean"}}}}}}}},
+        },
         "Health": {
             "type": "object", "required": ["status"],
             "properties": {"status": {"type": "string", "enum": ["ok", "failing"]},
@@ -251,11 +324,34 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
                           **_errors(*_READ_ERRORS, 400, 404)}}},
         "/api/v1/repos/{repo}/diff": {"get": {
             "security": read_security,
-            "operationId": "diff", "summary": "package delta between two tiers or snapshots (not yet)",
+            "operationId": "diff", "summary": "what moving from FROM to TO changes: packages, advisories",
             "parameters": [repo_param,
-                           {"name": "from", "in": "query", "required": False, "schema": {"type": "string"}},
-                           {"name": "to", "in": "query", "required": False, "schema": {"type": "string"}}],
-            "responses": {**_errors(*_READ_ERRORS, 400, 404, 501)}}},
+                           {"name": "from", "in": "query", "required": True, "schema": ref_schema,
+                            "description": "a tier, a snapshot id or TIER@TIME"},
+                           {"name": "to", "in": "query", "required": True, "schema": ref_schema},
+                           {"name": "format", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["json", "csv"]}}],
+            "responses": {"200": {"description": "the diff (as `mirror diff --json`, or CSV)", "content": {
+                JSON: {"schema": _ref("Diff")}, "text/csv": {"schema": {"type": "string"}}}},
+                          **_errors(*_READ_ERRORS, 400, 404)}}},
+        "/api/v1/repos/{repo}/advisories": {"get": {
+            "security": read_security,
+            "operationId": "advisories", "summary": "advisories IN lists and NOT_IN does not (waiting for "
+                                                    "promotion)",
+            "parameters": [repo_param,
+                           {"name": "in", "in": "query", "required": True, "schema": ref_schema},
+                           {"name": "not_in", "in": "query", "required": False, "schema": ref_schema},
+                           {"name": "type", "in": "query", "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
+            "responses": {"200": _json_response("advisories", _ref("PendingAdvisories")),
+                          **_errors(*_READ_ERRORS, 400, 404)}}},
+        "/api/v1/cves/{cve}": {"get": {
+            "security": read_security,
+            "operationId": "cve", "summary": "per repo and tier: whether it carries the fix of a CVE",
+            "parameters": [{"name": "cve", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^CVE-[0-9]{4}-[0-9]{4,19}$"}}],
+            "responses": {"200": _json_response("fix status per repo and tier", _ref("CveReport")),
+                          **_errors(*_READ_ERRORS, 400, 404)}}},
         "/api/v1/repos/{repo}/sync": {"post": {
             "operationId": "startSync", "summary": "start a sync of the repo in the server",
             "security": write_security, "parameters": [repo_param],
@@ -294,7 +390,8 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
     return {
         "openapi": "3.0.3",
         "info": {"title": "mirror management API", "version": __version__,
-                 "description": "Tiers, snapshots, promotion, rollback, history and syncs. Mutating calls "
+                 "description": "Tiers, snapshots, promotion, rollback, history, syncs, diffs and "
+                                "advisories. Mutating calls "
                                 "need `Authorization: Bearer TOKEN` and a JSON body; errors are "
                                 "`{\"error\": {\"code\", \"message\"}}`."},
         "paths": paths,

@@ -12,33 +12,38 @@ by the entry's sha256.  The request path is taken raw (``request.raw_path``), sp
 each segment percent-decoded exactly once; empty, ``.`` and ``..`` segments, decoded ``/`` or
 ``\\``, control characters, malformed escapes and non-UTF-8 are refused before any lookup.
 
-Bytes go out through :class:`aiohttp.web.FileResponse` (sendfile, Range → 206/416, HEAD without a
-body), but the conditional headers are evaluated here against the content's strong ETag
-``"<sha256>"``: FileResponse would otherwise answer them against its own ``"<mtime>-<size>"``
-ETag, which it also writes over any ETag set beforehand.  FileResponse therefore sees a clone of
-the request without ``If-*`` and ``Accept-Encoding`` headers (the latter also stops it from
-looking for ``<pool file>.gz``/``.br`` siblings, CVE-2024-42367 class), and our ETag is restored
-in an ``on_response_prepare`` hook, just before the headers are written.
+Bytes go out without any thread-pool hop: the pool file is opened here (``O_NOFOLLOW``: a
+symlink in the pool is never followed) and checked with ``fstat`` (a regular file of the
+manifest's size, else 500); files up to :data:`SMALL_FILE_MAX` are read with one ``pread`` and
+sent from memory, bigger ones with ``loop.sendfile`` (:class:`_PoolFileResponse`).  Conditional
+requests are evaluated against the content's strong ETag ``"<sha256>"``, and Range (one range:
+206 + Content-Range; unsatisfiable, malformed or multi-range: 416 with ``bytes */N``; If-Range
+that does not match: the full 200) is done here, with the rules of aiohttp's FileResponse.  No
+``Accept-Encoding`` handling at all, so no ``<pool file>.gz``/``.br`` sibling is ever looked at
+(CVE-2024-42367 class).  Blocking ``open``/``pread`` in the event loop is what nginx does with
+``sendfile on`` and no ``aio``: cheap while metadata and small files are in the page cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import hashlib
 import logging
 import os
 import re
 import signal
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
 from mirror.web.guard import DEFAULT_IDLE_TIMEOUT, ConnectionGuard, GuardPolicy, start_guarded_server
@@ -150,8 +155,11 @@ class PathRejected(Exception):
 _BAD_PERCENT_RE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in text)
+    return _CONTROL_RE.search(text) is not None
 
 
 def split_request_path(raw: str) -> list[str]:
@@ -178,16 +186,19 @@ def split_request_path(raw: str) -> list[str]:
     for encoded in path[1:].split("/"):
         if not encoded:
             raise PathRejected(404, "empty path segment")
-        try:
-            segment = unquote_to_bytes(encoded).decode("utf-8")  # strict: no overlong forms
-        except UnicodeDecodeError:
-            raise PathRejected(400, "path is not UTF-8") from None
+        if "%" in encoded or not encoded.isascii():
+            try:
+                segment = unquote_to_bytes(encoded).decode("utf-8")  # strict: no overlong forms
+            except UnicodeError:
+                raise PathRejected(400, "path is not UTF-8") from None
+            if "/" in segment or _has_control(segment):
+                raise PathRejected(400, "encoded separator or control character in path segment")
+        else:  # plain ASCII, nothing to decode (and the whole path has no control character)
+            segment = encoded
         if segment in (".", ".."):
             raise PathRejected(404, "dot segment")
-        if "/" in segment or "\\" in segment:
-            raise PathRejected(400, "encoded separator in path segment")
-        if _has_control(segment):
-            raise PathRejected(400, "control character in path")
+        if "\\" in segment:
+            raise PathRejected(400, "backslash in path segment")
         segments.append(segment)
     return segments
 
@@ -204,45 +215,68 @@ def _not_found() -> web.Response:
     return _plain(404, "not found")
 
 
-def _without(headers: CIMultiDictProxy[str], names: Iterable[str]) -> CIMultiDict[str]:
-    drop = {name.lower() for name in names}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+SMALL_FILE_MAX: Final = 256 * 1024  # bytes: read into memory and sent with the headers
 
 
-_CONDITIONAL_HEADERS: Final = (
-    hdrs.IF_MATCH,
-    hdrs.IF_NONE_MATCH,
-    hdrs.IF_MODIFIED_SINCE,
-    hdrs.IF_UNMODIFIED_SINCE,
-    hdrs.IF_RANGE,
-    hdrs.ACCEPT_ENCODING,
-)
+class _PoolFileResponse(web.StreamResponse):
+    """`count` bytes of `fobj` from `offset`, by sendfile; every header is set by the handler.
 
-
-class _ServedFile(web.FileResponse):
-    """A FileResponse that prepares against a sanitised clone of the request.
-
-    aiohttp calls ``prepare(request)`` with the original request; FileResponse must not see the
-    client's conditional headers (we answered them already, against the right ETag) nor its
-    Accept-Encoding (no compressed-sibling lookup next to the pool file).
+    The file object is closed once the response is sent (or failed); HEAD sends no body.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        request: web.BaseRequest,
-        headers: dict[str, str],
-        etag: str | None,
-        last_modified: str | None,
-    ) -> None:
-        super().__init__(path, headers=headers)
-        self._clean_request = request
-        self.fixed_etag = etag
-        self.fixed_last_modified = last_modified
+    def __init__(self, fobj: BinaryIO, offset: int, count: int, *, status: int,
+                 headers: dict[str, str]) -> None:
+        super().__init__(status=status, headers=headers)
+        self._fobj = fobj
+        self._offset = offset
+        self._count = count
+        self.content_length = count
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        return await super().prepare(self._clean_request)
+        if self.prepared:  # sent (or being sent) already
+            return await super().prepare(request)
+        try:
+            writer = await super().prepare(request)  # headers go out now (StreamResponse)
+            if writer is None or self._count == 0 or request.method == hdrs.METH_HEAD:
+                return writer
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.sendfile(transport, self._fobj, self._offset, self._count)
+            except NotImplementedError:  # a transport without sendfile (e.g. TLS): copy
+                self._fobj.seek(self._offset)
+                left = self._count
+                while left > 0:
+                    chunk = self._fobj.read(min(left, 1 << 18))
+                    if not chunk:
+                        raise ConnectionResetError("pool file shrank while being sent") from None
+                    await writer.write(chunk)
+                    left -= len(chunk)
+            await super().write_eof()
+            return writer
+        finally:
+            self._fobj.close()
+
+
+def _byte_range(request: web.BaseRequest, size: int) -> tuple[int, int] | None:
+    """(offset, count) of the requested range, or None for the whole file; ValueError: 416.
+
+    The rules of aiohttp's FileResponse: one range only (a multi-range or malformed header is
+    416), a suffix range larger than the file is the whole file, an end past the file is cut."""
+    rng = request.http_range  # ValueError when malformed or multi-range
+    start, end = rng.start, rng.stop
+    if start is None:
+        return None
+    if start < 0 and end is None:  # bytes=-N: the last N bytes
+        start = max(0, start + size)
+        count = size - start
+    else:
+        count = min(end if end is not None else size, size) - start
+    if start >= size:
+        raise ValueError("range starts past the end")
+    return start, count
 
 
 # On every response of both ports (the API adds its own, stricter, set on top).
@@ -265,12 +299,6 @@ def add_security_headers(response: web.StreamResponse, *, cache: str = CACHE_ERR
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     add_security_headers(response)
-    if isinstance(response, _ServedFile) and response.status in (200, 206):
-        # FileResponse has just set its own "<mtime>-<size>" ETag: put the content's back.
-        if response.fixed_etag is not None:
-            response.headers[_ETAG] = response.fixed_etag
-        if response.fixed_last_modified is not None:
-            response.headers[hdrs.LAST_MODIFIED] = response.fixed_last_modified
 
 
 def _http_seconds(moment: datetime) -> int:
@@ -325,14 +353,30 @@ class _Preconditions:
         return date is not None and _http_seconds(date) == self.modified
 
 
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
+
+
 def _ceil_seconds(st: os.stat_result) -> int:
     # aiohttp rounds Last-Modified up; do the same so our value and its value agree.
     return -(-st.st_mtime_ns // 1_000_000_000)
 
 
 class _RepoHandler:
+    POOL_PATHS_CACHED: Final = 8192
+
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self._pool_paths: dict[str, Path] = {}  # sha256 -> pool file (pure function of the digest)
+
+    def _pool_path(self, sha256: str) -> Path:
+        path = self._pool_paths.get(sha256)
+        if path is None:
+            if len(self._pool_paths) >= self.POOL_PATHS_CACHED:
+                self._pool_paths.clear()
+            path = self._pool_paths[sha256] = self.catalog.pool_path(sha256)
+        return path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -370,19 +414,28 @@ class _RepoHandler:
         return await self._serve_entry(request, entry, segments[-1], immutable=immutable)
 
     def _serve_key(self, request: web.Request) -> web.StreamResponse:
+        """The mirror's public key: small, not content-addressed; its ETag is its SHA-256."""
         key = self.catalog.public_key_path()
         if key is None:
             return _not_found()
-        drop: list[str] = [hdrs.ACCEPT_ENCODING]
-        if hdrs.IF_RANGE in request.headers:  # FileResponse only understands date If-Range
-            drop += [hdrs.IF_RANGE, hdrs.RANGE]
-        return _ServedFile(
-            key,
-            request=request.clone(headers=_without(request.headers, drop)),
-            headers={hdrs.CONTENT_TYPE: _PGP_KEYS, hdrs.CACHE_CONTROL: CACHE_REVALIDATE},
-            etag=None,
-            last_modified=None,
-        )
+        try:
+            fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return _not_found()
+        except OSError as exc:
+            log.error("the public key %s cannot be read: %s", key, exc)
+            return _plain(503, "key unavailable")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE_MAX:
+                log.error("the public key %s is not a regular file of at most %d bytes", key, SMALL_FILE_MAX)
+                return _plain(500, "key invalid")
+            data = os.pread(fd, st.st_size, 0)
+        finally:
+            os.close(fd)
+        digest = hashlib.sha256(data).hexdigest()
+        return self._respond(request, None, data, st, digest, "mirror.asc", cache=CACHE_REVALIDATE,
+                             exact=True, content_type=_PGP_KEYS)
 
     async def _serve_entry(
         self, request: web.Request, entry: ManifestEntry, name: str, *, immutable: bool
@@ -390,49 +443,86 @@ class _RepoHandler:
         if not SHA256_RE.match(entry.sha256):
             log.error("manifest entry %r has an invalid sha256 %r", entry.path, entry.sha256)
             return _plain(500, "internal error")
-        pool_file = self.catalog.pool_path(entry.sha256)
-        loop = asyncio.get_running_loop()
+        pool_file = self._pool_path(entry.sha256)
         try:
-            st = await loop.run_in_executor(None, os.lstat, pool_file)
+            fd = os.open(pool_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             log.error("pool object %s for %r is missing (%s)", entry.sha256, entry.path, pool_file)
             return _plain(503, "stored file unavailable")
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink where the object should be
+                log.error("pool object %s for %r is not a regular file (%s)",
+                          entry.sha256, entry.path, pool_file)
+                return _plain(500, "stored file invalid")
             log.error("pool object %s for %r cannot be read: %s", entry.sha256, entry.path, exc)
             return _plain(503, "stored file unavailable")
-        if not stat.S_ISREG(st.st_mode):
-            log.error("pool object %s for %r is not a regular file (%s)",
-                      entry.sha256, entry.path, pool_file)
+        try:
+            st = os.fstat(fd)
+            problem = None
+            if not stat.S_ISREG(st.st_mode):
+                problem = "is not a regular file"
+            elif st.st_size != entry.size:
+                problem = f"has {st.st_size} bytes, the manifest says {entry.size}"
+        except BaseException:
+            os.close(fd)
+            raise
+        if problem is not None:
+            os.close(fd)
+            log.error("pool object %s for %r %s (%s)", entry.sha256, entry.path, problem, pool_file)
             return _plain(500, "stored file invalid")
-        if st.st_size != entry.size:
-            log.error("pool object %s for %r has %d bytes, the manifest says %d",
-                      entry.sha256, entry.path, st.st_size, entry.size)
-            return _plain(500, "stored file invalid")
+        fobj = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed here or by the response)
+        try:
+            response = self._respond(request, fobj, None, st, entry.sha256, name,
+                                     cache=CACHE_IMMUTABLE if immutable else CACHE_REVALIDATE,
+                                     exact=not immutable)
+        except BaseException:
+            fobj.close()
+            raise
+        if not isinstance(response, _PoolFileResponse):
+            fobj.close()
+        return response
 
+    def _respond(self, request: web.Request, fobj: BinaryIO | None, data: bytes | None,
+                 st: os.stat_result, sha256: str, name: str, *, cache: str, exact: bool,
+                 content_type: str | None = None) -> web.StreamResponse:
+        """Conditionals, Range, HEAD for one stored file (`fobj`, or its bytes `data`)."""
+        size = st.st_size
         modified = _ceil_seconds(st)
-        etag = f'"{entry.sha256}"'
-        last_modified = formatdate(modified, usegmt=True)
         headers: dict[str, str] = {
-            _ETAG: etag,
-            hdrs.LAST_MODIFIED: last_modified,
-            hdrs.CACHE_CONTROL: CACHE_IMMUTABLE if immutable else CACHE_REVALIDATE,
+            _ETAG: f'"{sha256}"',
+            hdrs.LAST_MODIFIED: _http_date(modified),
+            hdrs.CACHE_CONTROL: cache,
         }
-        conditions = _Preconditions(request, entry.sha256, modified, exact=not immutable)
+        conditions = _Preconditions(request, sha256, modified, exact=exact)
         status = conditions.status()
         if status is not None:
             return web.Response(status=status, headers=headers)
-
-        drop: list[str] = list(_CONDITIONAL_HEADERS)
-        if not conditions.range_applies():
-            drop.append(hdrs.RANGE)
-        headers[hdrs.CONTENT_TYPE] = content_type_for(name)
-        return _ServedFile(
-            pool_file,
-            request=request.clone(headers=_without(request.headers, drop)),
-            headers=headers,
-            etag=etag,
-            last_modified=last_modified,
-        )
+        headers[hdrs.CONTENT_TYPE] = content_type or content_type_for(name)
+        headers[hdrs.ACCEPT_RANGES] = "bytes"
+        status, offset, count = 200, 0, size
+        if hdrs.RANGE in request.headers and conditions.range_applies():
+            try:
+                byte_range = _byte_range(request, size)
+            except ValueError:
+                headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
+                return web.Response(status=416, headers=headers)
+            if byte_range is not None:
+                status, (offset, count) = 206, byte_range
+                headers[hdrs.CONTENT_RANGE] = f"bytes {offset}-{offset + count - 1}/{size}"
+        if request.method == hdrs.METH_HEAD:  # GET's headers, Content-Length included; no body
+            head = web.StreamResponse(status=status, headers=headers)
+            head.content_length = count
+            return head
+        if data is not None:
+            return web.Response(status=status, body=data[offset:offset + count], headers=headers)
+        assert fobj is not None
+        if count > SMALL_FILE_MAX:
+            return _PoolFileResponse(fobj, offset, count, status=status, headers=headers)
+        body = os.pread(fobj.fileno(), count, offset)
+        if len(body) != count:
+            log.error("pool object %s shrank while being read (%d of %d bytes)", sha256, len(body), count)
+            return _plain(500, "stored file invalid")
+        return web.Response(status=status, body=body, headers=headers)
 
 
 def make_repo_app(catalog: Catalog) -> web.Application:

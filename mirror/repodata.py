@@ -1,0 +1,190 @@
+"""RPM repodata the mirror regenerates for a filtered snapshot, signed with the mirror's key.
+
+From the verified upstream primary, filelists and other (createrepo_c's iterator, which skips a
+package the filter dropped without parsing it) the kept packages' records are written anew with
+createrepo_c; updateinfo keeps the advisories that name a kept package; every other record
+(modules, comps, ...) is kept as the upstream wrote it. Package-list records that would list
+dropped packages (the sqlite databases, zchunk variants) are left out. A new repomd.xml lists them
+all and `repomd.xml.asc` is the mirror key's detached signature of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.diff import Advisory
+from mirror.errors import MalformedMetadataError, MirrorError
+from mirror.filters import AdvisoryFilter
+from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry
+from mirror.repopath import contained
+from mirror.sync import SyncContext, Wanted
+
+#: Records about packages: regenerated (the first three, updateinfo) or dropped (their variants).
+PACKAGE_RECORD_PREFIXES = ("primary", "filelists", "other", "updateinfo", "prestodelta", "deltainfo")
+REGENERATED = ("primary", "filelists", "other")
+
+
+def lists_packages(record_type: str) -> bool:
+    return record_type.startswith(PACKAGE_RECORD_PREFIXES)
+
+
+@dataclass(frozen=True)
+class UpstreamRecord:
+    record: RepomdRecord
+    file: Path  # the verified upstream file (pool blob)
+
+
+def kept_advisories(advisories: Sequence[Advisory], kept: Collection[RpmPackageEntry]) -> list[Advisory]:
+    """The advisories naming at least one kept package (name, version, release, arch)."""
+    have = {(p.name, p.version, p.release, p.arch) for p in kept}
+    return [a for a in advisories if any((p.name, p.version, p.release, p.arch) in have for p in a.packages)]
+
+
+async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
+                     entries: list[RpmPackageEntry], root_files: dict[str, bytes],
+                     ) -> tuple[list[RpmPackageEntry], list[Wanted]]:
+    """Filter the verified entries and write the snapshot's repodata (replacing the upstream's
+    root files in `root_files`); the kept entries and the regenerated metadata files, ingested."""
+    from mirror.regenerate import ingest_generated, repo_filter, signer_for
+
+    repo = ctx.repo
+    advisory_filter = AdvisoryFilter(repo.advisory_types, repo.advisory_severities,
+                                     repo.advisory_issued_before, repo.unadvised)
+    allowed = advisory_filter.allowed(ctx.advisories) if advisory_filter.active else None
+    kept = repo_filter(ctx).select(entries, lambda e: (e.name, e.arch, e.evr), allowed)
+    has_updateinfo = "updateinfo" in digests
+    advisory_ids = None
+    if has_updateinfo:
+        ctx.advisories = kept_advisories(ctx.advisories, kept)
+        advisory_ids = [a.id for a in ctx.advisories]
+    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=ctx.tmp))
+    try:
+        records: dict[str, UpstreamRecord] = {}
+        for record in repomd.records:
+            link = scratch / "upstream" / record.type / Path(contained(record.href)).name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(ctx.pool.path_for(digests[record.type]))
+            records[record.type] = UpstreamRecord(record, link)
+        try:
+            files = await asyncio.to_thread(write_repodata, scratch / "out", kept=kept, records=records,
+                                            advisory_ids=advisory_ids, revision=repomd.revision, tmp=scratch)
+        except MirrorError as exc:
+            raise exc.with_context(repo=ctx.repo.name) from None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    repomd_xml = files.pop("repodata/repomd.xml")
+    wanted = [await ingest_generated(ctx, path, data, by_hash=False) for path, data in files.items()]
+    signer = await asyncio.to_thread(signer_for, ctx)
+    signature = await asyncio.to_thread(signer.detach_sign, repomd_xml)
+    root_files.clear()
+    root_files["repodata/repomd.xml"] = repomd_xml
+    root_files["repodata/repomd.xml.asc"] = signature
+    return kept, wanted
+
+
+def write_repodata(out: Path, *, kept: Collection[RpmPackageEntry], records: dict[str, UpstreamRecord],
+                   advisory_ids: Collection[str] | None, revision: str | None,
+                   tmp: Path) -> dict[str, bytes]:
+    """Blocking: write the regenerated repodata; {repo-relative path: bytes}, repomd.xml last."""
+    import createrepo_c as cr
+
+    repodata = out / "repodata"
+    repodata.mkdir(parents=True, exist_ok=True)
+    wanted_ids = {p.checksum for p in kept}
+    warnings: list[str] = []
+
+    def newpkgcb(pkg_id: str, name: str, arch: str) -> cr.Package | None:
+        return cr.Package() if (pkg_id or "").lower() in wanted_ids else None
+
+    def warningcb(kind: int, message: str) -> bool:
+        warnings.append(message)
+        return True
+
+    for kind in REGENERATED:
+        if kind not in records:
+            raise MalformedMetadataError(f"repomd lists no {kind} record: the filtered repodata needs it",
+                                         path="repodata/repomd.xml")
+    files = {kind: repodata / f"{kind}.xml.gz" for kind in REGENERATED}
+    writers = (cr.PrimaryXmlFile(str(files["primary"]), cr.GZ_COMPRESSION),
+               cr.FilelistsXmlFile(str(files["filelists"]), cr.GZ_COMPRESSION),
+               cr.OtherXmlFile(str(files["other"]), cr.GZ_COMPRESSION))
+    packages = []
+    try:
+        iterator = cr.PackageIterator(str(records["primary"].file), str(records["filelists"].file),
+                                      str(records["other"].file), newpkgcb=newpkgcb, warningcb=warningcb)
+        for pkg in iterator:
+            pkg.location_base = None
+            packages.append(pkg)
+    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
+        raise MalformedMetadataError(f"cannot read the verified upstream repodata: {exc}",
+                                     path="repodata") from None
+    if warnings:
+        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path="repodata")
+    for writer in writers:
+        writer.set_num_of_pkgs(len(packages))
+    for pkg in packages:
+        for writer in writers:
+            writer.add_pkg(pkg)
+    for writer in writers:
+        writer.close()
+
+    repomd = cr.Repomd()
+    if revision:
+        repomd.set_revision(revision)
+    result: dict[str, bytes] = {}
+
+    def add(kind: str, path: Path, href: str | None = None) -> None:
+        rec = cr.RepomdRecord(kind, str(path))
+        rec.fill(cr.SHA256)
+        if href is None:
+            rec.rename_file()
+            final = Path(rec.location_real)
+            href = f"repodata/{final.name}"
+        else:
+            final = path
+        rec.location_href = href
+        repomd.set_record(rec)
+        result[href] = final.read_bytes()
+
+    for kind, path in files.items():
+        add(kind, path)
+    if "updateinfo" in records and advisory_ids is not None:
+        add("updateinfo", _reduced_updateinfo(records["updateinfo"].file, set(advisory_ids), repodata))
+    for kind, upstream in records.items():
+        if lists_packages(kind):
+            continue
+        # As upstream: the same bytes under the same name (checksums recomputed over them).
+        with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+            copy = Path(scratch) / Path(upstream.record.href).name
+            shutil.copyfile(upstream.file, copy)
+            add(kind, copy, upstream.record.href)
+    repomd.sort_records()
+    result["repodata/repomd.xml"] = repomd.xml_dump().encode("utf-8")
+    return result
+
+
+def _reduced_updateinfo(source: Path, keep: set[str], repodata: Path) -> Path:
+    import createrepo_c as cr
+
+    full = cr.UpdateInfo()
+    try:
+        cr.xml_parse_updateinfo(str(source), full)
+    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
+        raise MalformedMetadataError(f"cannot read the verified upstream updateinfo: {exc}",
+                                     path="repodata") from None
+    reduced = cr.UpdateInfo()
+    for update in full.updates:
+        if update.id in keep:
+            reduced.append(update)
+    path = repodata / "updateinfo.xml.gz"
+    out = cr.CrFile(str(path), cr.MODE_WRITE, cr.GZ_COMPRESSION)
+    try:
+        out.write(reduced.xml_dump())
+    finally:
+        out.close()
+    return path
