@@ -185,6 +185,12 @@ def test_filtered_apt_snapshot(tmp_path: Path, archive_key: SigningKey, mirror_k
         assert listed.sha256 == hashlib.sha256(packages).hexdigest() and listed.size == len(packages)
         kept = parse_packages(packages, what="Packages")
         assert sorted((p.name, p.version) for p in kept) == [("hello", "1.2-1"), ("tool", "2.0-1")]
+        # Translation files as upstream, listed in the new Release and served by hash too
+        translation = upstream.translation_path().read_bytes()
+        entry = release.files["main/i18n/Translation-en"]
+        assert entry.sha256 == hashlib.sha256(translation).hexdigest()
+        assert http("GET", f"{base}/dists/stable/main/i18n/Translation-en").body == translation
+        assert http("GET", f"{base}/dists/stable/main/i18n/by-hash/SHA256/{entry.sha256}").body == translation
         # each paragraph exactly as upstream wrote it
         upstream_text = upstream.packages_path().read_bytes()
         for _, text in packages_paragraphs(packages, what="Packages"):
