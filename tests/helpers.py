@@ -123,8 +123,11 @@ def free_port() -> int:
 
 def write_config(root: Path, url: str, keyring: Path, *, name: str = "repo", suites: str = '["stable"]',
                  extra_repo: str = "", extra_top: str = "", retries: int = 2,
-                 extra_server: str = "") -> Mirror:
+                 extra_server: str = "", kind: str = "deb") -> Mirror:
+    """A config with one repo (`kind` "deb" or "rpm") and fast, test-sized sync settings."""
     root.mkdir(parents=True, exist_ok=True)
+    shape = (f'suites = {suites}\ncomponents = ["main"]\narchitectures = ["amd64"]\n'
+             if kind == "deb" else "")
     config = root / "mirror.toml"
     config.write_text(f"""
 {extra_top}
@@ -145,12 +148,9 @@ connect_timeout = 5
 
 [[repos]]
 name = "{name}"
-type = "deb"
+type = "{kind}"
 url = "{url}"
-suites = {suites}
-components = ["main"]
-architectures = ["amd64"]
-keyring = "{keyring}"
+{shape}keyring = "{keyring}"
 {extra_repo}
 """)
     os.environ.pop("MIRROR_CONFIG", None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from fixtures.keys import SigningKey
 from fixtures.rpm_repo import Advisory, RpmPackage, RpmRepo, sample_comps_xml, sample_modules_yaml
 from fixtures.upstream import Fault, UpstreamServer
-from tests.helpers import Mirror, free_port
+from tests.helpers import Mirror, write_config
 
 BASE = [RpmPackage("hello", "1.0"), RpmPackage("libfoo", "2.0", epoch=1, payload_size=4000),
         RpmPackage("foo-doc", "2.0", arch="noarch")]
@@ -20,32 +19,7 @@ BASE = [RpmPackage("hello", "1.0"), RpmPackage("libfoo", "2.0", epoch=1, payload
 
 def write_rpm_config(root: Path, url: str, keyring: Path, *, extra_repo: str = "", name: str = "repo",
                      retries: int = 2) -> Mirror:
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "mirror.toml"
-    config.write_text(f"""
-[storage]
-root = "var"
-
-[server]
-bind = "127.0.0.1"
-repo_port = {free_port()}
-api_port = {free_port()}
-
-[sync]
-max_parallel_downloads = 4
-retries = {retries}
-read_timeout = 10
-connect_timeout = 5
-
-[[repos]]
-name = "{name}"
-type = "rpm"
-url = "{url}"
-keyring = "{keyring}"
-{extra_repo}
-""")
-    os.environ.pop("MIRROR_CONFIG", None)
-    return Mirror(root=root, config=config)
+    return write_config(root, url, keyring, kind="rpm", extra_repo=extra_repo, name=name, retries=retries)
 
 
 @dataclass
