@@ -47,9 +47,14 @@ bench: install
 	@for p in $(BENCH_PACKAGES); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_PACKAGES); break; }; done
+	@dpkg-query -W -f='$${Status}' dnf-plugins-core 2>/dev/null | grep -q "ok installed" || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dnf-plugins-core; }
 	$(PY) bench/sync_bench.py
+	$(PY) bench/rpm_sync_bench.py
 	$(PY) bench/parse_packages.py
+	$(PY) bench/parse_primary.py
 	$(PY) bench/promote_bench.py
+	$(PY) bench/diff_api_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/filter_bench.py
 
