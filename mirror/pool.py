@@ -93,21 +93,13 @@ class Pool:
             self._dirs.add(directory)
 
     def ingest_bytes(self, data: bytes, sha256: str, tmp_dir: Path, *, what: str) -> None:
-        """Blocking: store bytes already in memory (and already checked by the caller)."""
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatchError("content does not match its expected sha256", path=what)
-        final = self.path_for(sha256)
-        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        """Blocking: store bytes already in memory, with the same checks and rename as `ingest`."""
+        blob = _BlobWriter(self, ExpectedFile(what, len(data), sha256), tmp_dir, what)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, final)
-        except OSError as exc:
-            raise storage_error(exc, what) from exc
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+            blob.finish(data)
+        except BaseException:
+            blob.abort()
+            raise
 
     def adopt(self, expected: ExpectedFile) -> bool:
         """Blocking: is an unrecorded file already under its final name complete and correct?
