@@ -4,7 +4,7 @@ verify` against `sha256sum` over the same pool files.
     .venv/bin/python bench/serve_bench.py [--seconds 10] [--rounds 2] [--threads 1]
                                           [--small-connections 50] [--big-connections 8]
                                           [--verify-files 200] [--verify-size 5000000]
-                                          [--workdir bench/out/serve]
+                                          [--repo-workers auto] [--workdir bench/out/serve]
 
 A measurement, not a test: prints figures and ratios with a pass/fail per target and writes them
 as JSON to ``<workdir>/serve_bench.json`` (exit 0 even when a target is missed; 2 when it cannot
@@ -15,7 +15,8 @@ measure).
    verify run; written into the pool and committed through ``Store.commit_snapshot`` as a sync
    would. A throwaway key makes the configuration loadable.
 2. ``mirror -c CFG serve`` as a subprocess (both ports, the connection guard with its defaults,
-   as deployed), and nginx (``bench/harness.py``: 2 workers, sendfile, no access log) serving a
+   ``repo_workers = "auto"``: one repo worker per CPU, as nginx's ``worker_processes auto``; as
+   deployed), and nginx (``bench/harness.py``: 2 workers, sendfile, no access log) serving a
    tree of hard links to the same pool files under the same URL paths, so both read the same
    page-cache pages.  Both are checked to serve identical bytes first.
 3. ``wrk --latency -t THREADS -c N -d SECONDS`` against each server for each file, alternating
@@ -91,7 +92,8 @@ def _random_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def build_storage(workdir: Path, verify_files: int, verify_size: int, cap: int) -> dict[str, Any]:
+def build_storage(workdir: Path, verify_files: int, verify_size: int, cap: int,
+                  repo_workers: str = "auto") -> dict[str, Any]:
     """Storage root, key, configuration and nginx tree under `workdir`/run (rebuilt each run)."""
     from fixtures.keys import make_key
     from mirror.model import EntryKind, ManifestEntry, PackageKey, RootRecord, utcnow
@@ -153,6 +155,7 @@ bind = "127.0.0.1"
 repo_port = {repo_port}
 api_port = {api_port}
 max_connections_per_client = {cap}
+repo_workers = {repo_workers if repo_workers == "auto" else int(repo_workers)!r}
 
 [[repos]]
 name = "{REPO}"
@@ -228,8 +231,18 @@ _TRANSFER_UNITS = {"B": 1e-6, "KB": 1024 / 1e6, "MB": 1024**2 / 1e6, "GB": 1024*
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of `pid` and its running children (the repo workers), in seconds."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(wrk: str, url: str, *, threads: int, connections: int, seconds: float,
@@ -350,7 +363,8 @@ def report(results: dict[str, Any]) -> None:
             f"{row['rps_ratio']:>6.2f} {'>=0.5 ' + rps_ok:>7}   {m['p99_ms']:>8.2f} ms "
             f"{n['p99_ms']:>7.2f} ms {row['p99_ratio']:>6.2f} {'<=2 ' + p99_ok:>7}  "
             f"{m['errors']}/{n['errors']}")
-        say(f"{'':>6} mirror process CPU {m['cpu_percent']:.0f}% (one process); "
+        say(f"{'':>6} mirror CPU {m['cpu_percent']:.0f}% (main process and repo workers: "
+            f"{results['repo_workers']}); "
             f"p50 mirror {m['p50_ms']:.2f} ms, nginx {n['p50_ms']:.2f} ms")
     v = results["verify"]
     ok = "ok" if v["ratio"] >= 0.8 else "MISSED"
@@ -376,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="extra pool files for verify (default 200)")
     parser.add_argument("--verify-size", type=int, default=5_000_000,
                         help="bytes per verify file (default 5 MB)")
+    parser.add_argument("--repo-workers", default="auto",
+                        help='[server] repo_workers for the mirror: a number or "auto" (default: auto)')
     parser.add_argument("--workdir", type=Path, default=CHECKOUT / "bench" / "out" / "serve",
                         help="scratch directory (default bench/out/serve/)")
     args = parser.parse_args(argv)
@@ -402,11 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cap = max(64, 2 * args.small_connections + 2, 2 * args.big_connections + 2)
     try:
         with workdir_lock(workdir, "serve_bench"):
-            built = build_storage(workdir, args.verify_files, args.verify_size, cap)
+            built = build_storage(workdir, args.verify_files, args.verify_size, cap, args.repo_workers)
             results: dict[str, Any] = {
                 "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                 "load_average_at_start": load, "max_connections_per_client": cap,
+                "repo_workers": args.repo_workers,
                 "wrk": {"threads": args.threads, "seconds": args.seconds, "rounds": args.rounds},
             }
             serving = mirror_serving(built["config"], built["repo_port"], built["api_port"])

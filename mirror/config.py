@@ -42,6 +42,7 @@ class ServerSettings:
     header_timeout: float = 10.0  # seconds to deliver a complete request head (mirror.web.guard)
     idle_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
     max_connections_per_client: int = 64  # open connections per client address, per port
+    repo_workers: int = 1  # processes serving the repo port (mirror.web.workers); "auto": one per CPU
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,24 @@ def load(path: Path, *, check_keys: bool = True) -> Settings:
     return parse(raw, path, check_keys=check_keys)
 
 
+MAX_REPO_WORKERS = 64
+
+
+def _workers(r: _Reader, key: str, default: int) -> int:
+    """A process count: a positive integer, or "auto" (one per CPU)."""
+    r.seen.add(key)
+    if key not in r.data:
+        return default
+    value = r.data[key]
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_REPO_WORKERS))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise r.fail(key, f"must be a positive integer or \"auto\", not {value!r}")
+    if not 1 <= value <= MAX_REPO_WORKERS:
+        raise r.fail(key, f"must be between 1 and {MAX_REPO_WORKERS}, not {value}")
+    return value
+
+
 def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Settings:
     top = _Reader(path, raw, "")
     tiers = top.strings("tiers", ("dev", "test", "uat", "prod"), check=_valid_tier, what="tier name",
@@ -250,6 +269,7 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
             idle_timeout=_timeout(srv, "idle_timeout", server.idle_timeout),
             max_connections_per_client=_positive(srv, "max_connections_per_client",
                                                  server.max_connections_per_client),
+            repo_workers=_workers(srv, "repo_workers", server.repo_workers),
         )
         srv.finish()
 

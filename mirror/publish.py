@@ -21,13 +21,13 @@ the grace window. The upstream's own signed root files are never served there (o
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from mirror.affinity import AFFINITY_SECONDS, MemoryPins, Pins
 from mirror.model import EntryKind, ManifestEntry, utcnow
 from mirror.pool import Pool
 from mirror.store import Store
@@ -35,8 +35,7 @@ from mirror.store import Store
 MANIFEST_CACHE = 16
 
 
-AFFINITY = timedelta(seconds=60)  # how long a client keeps the snapshot of the root file it read
-AFFINITY_MAX = 100_000  # remembered (client, repo, tier) pins; expired ones are pruned past this
+AFFINITY = timedelta(seconds=AFFINITY_SECONDS)  # how long a client keeps the snapshot of its root file
 ROOT_NAMES = ("repomd.xml", "InRelease", "Release")  # reading one of these pins the client
 
 
@@ -62,12 +61,14 @@ class StoreCatalog:
     """The `mirror.web.repo.Catalog` the server resolves requests through.
 
     `grace` is how long after a move a tier still answers for the snapshots it served before;
-    `mirror_signed` names the repos whose tiers serve re-issued Release files; `clock` is
-    injectable for tests."""
+    `mirror_signed` names the repos whose tiers serve re-issued Release files; `pins` keeps the
+    per-client snapshot pins (mirror.affinity; in memory by default); `clock` is injectable for
+    tests."""
 
     def __init__(self, store: Store, pool: Pool, public_key: Path | None = None, *,
                  grace: timedelta = timedelta(hours=1),
-                 clock: Callable[[], datetime] = utcnow, mirror_signed: Collection[str] = ()) -> None:
+                 clock: Callable[[], datetime] = utcnow, mirror_signed: Collection[str] = (),
+                 pins: Pins | None = None) -> None:
         self.store = store
         self.pool = pool
         self.public_key = public_key
@@ -78,7 +79,7 @@ class StoreCatalog:
         self._version: tuple[int, int] | None = None
         self._view = _View({}, {}, {})
         self._manifests: OrderedDict[tuple[str, str], dict[str, ManifestEntry]] = OrderedDict()
-        self._affinity: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self.pins: Pins = pins if pins is not None else MemoryPins()
 
     def _current_view(self) -> _View:
         with self._lock:
@@ -171,26 +172,22 @@ class StoreCatalog:
         A client reads a root file and then, in separate requests, its detached signature and the
         files it names (dnf: repomd.xml, then repomd.xml.asc, then primary...). If the tier moves
         in between, the signature would belong to another snapshot; so for AFFINITY after reading a
-        root file, a client keeps being answered from that snapshot (within the grace window)."""
+        root file, a client keeps being answered from that snapshot (within the grace window).
+        Pins only matter while the tier moved within AFFINITY (before that, every pin is the
+        current pointer), so only then are they looked up."""
         if client is None:
             return None
-        with self._lock:
-            pin = self._affinity.get((client, *key))
-        if pin is None or pin[1] < time.monotonic():
+        recent = view.recent.get(key)
+        if not recent or recent[0].until < self.clock() - AFFINITY:
             return None
-        snapshot = pin[0]
+        snapshot = self.pins.get(client, *key)
+        if snapshot is None:
+            return None
         return snapshot if snapshot == current or snapshot in self._graced(view, key, current) else None
 
     def _pin(self, client: str, key: tuple[str, str], snapshot: str | None) -> None:
-        if snapshot is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if len(self._affinity) > AFFINITY_MAX:
-                self._affinity = {k: v for k, v in self._affinity.items() if v[1] >= now}
-                if len(self._affinity) > AFFINITY_MAX:
-                    self._affinity.clear()
-            self._affinity[(client, *key)] = (snapshot, now + AFFINITY.total_seconds())
+        if snapshot is not None:
+            self.pins.pin(client, key[0], key[1], snapshot)
 
     def _graced(self, view: _View, key: tuple[str, str], current: str | None) -> list[str]:
         horizon = self.clock() - self.grace
@@ -206,6 +203,7 @@ class StoreCatalog:
         return self._graced(view, (repo, tier), view.pointers.get((repo, tier)))
 
     def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None:
+        self._current_view()  # after a commit: forget the manifests of deleted snapshots (gc, delete)
         manifest = self._manifest(repo, snapshot)
         return manifest.get(path) if manifest is not None else None
 

@@ -21,12 +21,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mirror.affinity import Pins, SharedPins, pins_path
 from mirror.config import Settings
 from mirror.metrics import Metrics
 from mirror.pool import Pool
@@ -38,6 +39,7 @@ from mirror.tokens import TokenRing
 from mirror.web.api import make_api_app
 from mirror.web.guard import ConnectionGuard, GuardPolicy
 from mirror.web.repo import make_repo_app, run_servers
+from mirror.web.workers import RepoWorkers
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,29 @@ def _release_refresher(issuer: ReleaseIssuer) -> Callable[[web.Application], Asy
     return context
 
 
-class GuardCollector(Collector):
-    """The connection guards' counters (mirror.web.guard), read at scrape time."""
+class GuardCounts(Protocol):
+    """What the collector reads: a ConnectionGuard, or a repo worker's last report of its own."""
 
-    def __init__(self, guards: Sequence[ConnectionGuard]) -> None:
+    @property
+    def name(self) -> str: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def header_timeouts(self) -> int: ...
+    @property
+    def body_timeouts(self) -> int: ...
+
+
+class GuardCollector(Collector):
+    """The connection guards' counters (mirror.web.guard), read at scrape time, summed per port
+    over this process's guard and the repo workers' (`workers`, read at each scrape)."""
+
+    def __init__(self, guards: Sequence[GuardCounts],
+                 workers: Callable[[], Sequence[GuardCounts]] = lambda: ()) -> None:
         self.guards = tuple(guards)
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         open_ = GaugeMetricFamily("mirror_http_connections", "Open client connections, by port",
@@ -91,12 +111,39 @@ class GuardCollector(Collector):
             "mirror_http_connection_timeouts",
             "Connections aborted: no complete request head within header_timeout (header) or a "
             "request body stalled for as long (body)", labels=["server", "reason"])
-        for guard in self.guards:
-            open_.add_metric([guard.name], guard.connections)
-            refused.add_metric([guard.name], guard.refused)
-            timeouts.add_metric([guard.name, "header"], guard.header_timeouts)
-            timeouts.add_metric([guard.name, "body"], guard.body_timeouts)
+        sums: dict[str, list[int]] = {}
+        for guard in (*self.guards, *self.workers()):
+            total = sums.setdefault(guard.name, [0, 0, 0, 0])
+            for i, value in enumerate((guard.connections, guard.refused, guard.header_timeouts,
+                                       guard.body_timeouts)):
+                total[i] += value
+        for name, (connections, refused_, header, body) in sums.items():
+            open_.add_metric([name], connections)
+            refused.add_metric([name], refused_)
+            timeouts.add_metric([name, "header"], header)
+            timeouts.add_metric([name, "body"], body)
         yield from (open_, refused, timeouts)
+
+
+def guard_policy(settings: Settings) -> GuardPolicy:
+    server = settings.server
+    return GuardPolicy(header_timeout=server.header_timeout, idle_timeout=server.idle_timeout,
+                       max_connections_per_client=server.max_connections_per_client)
+
+
+def mirror_signed_repos(settings: Settings) -> list[str]:
+    """The repos whose tier Release files the mirror re-signs (see mirror.releases)."""
+    if settings.signing is None:
+        return []
+    return [r.name for r in settings.repos if r.type == "deb" and r.tier_signing == "mirror"]
+
+
+def make_catalog(settings: Settings, store: Store, *, pins: Pins | None = None) -> StoreCatalog:
+    """The repo port's catalog: the same in the main process and in every repo worker."""
+    root = settings.storage.root
+    return StoreCatalog(store, Pool(root), root / "keys" / "mirror.asc",
+                        grace=timedelta(seconds=settings.server.grace_period),
+                        mirror_signed=mirror_signed_repos(settings), pins=pins)
 
 
 async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], Any] | None = None) -> None:
@@ -108,7 +155,6 @@ async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], 
     api_store = Store(root / "state.db")
     issuer_store = Store(root / "state.db", actor="release-issuer")
     try:
-        public_key = root / "keys" / "mirror.asc"
         issuer: ReleaseIssuer | None = None
         if settings.signing is not None:
             signing = settings.signing
@@ -120,9 +166,7 @@ async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], 
             issuer = ReleaseIssuer(settings, issuer_store, signer)
             if not issuer.repos:
                 issuer = None
-        catalog = StoreCatalog(catalog_store, Pool(root), public_key,
-                               grace=timedelta(seconds=settings.server.grace_period),
-                               mirror_signed=[r.name for r in issuer.repos] if issuer else ())
+        catalog = make_catalog(settings, catalog_store)
         metrics = Metrics()
         metrics.add_state(api_store, settings.repo_names, stale_after=settings.sync.stale_after,
                           expiry_warning=settings.sync.expiry_warning)
@@ -135,12 +179,19 @@ async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], 
         log.info("serving repositories on http://%s:%d/ and the API on http://%s:%d/",
                  bind, settings.server.repo_port, bind, settings.server.api_port)
         server = settings.server
-        policy = GuardPolicy(header_timeout=server.header_timeout, idle_timeout=server.idle_timeout,
-                             max_connections_per_client=server.max_connections_per_client)
+        policy = guard_policy(settings)
         guards = [ConnectionGuard(policy, name="repo"), ConnectionGuard(policy, name="api")]
-        metrics.registry.register(GuardCollector(guards))
+        workers = None
+        if server.repo_workers > 1:
+            def count(status: str, n: int) -> None:
+                metrics.requests.labels("repo", status).inc(n)
+
+            SharedPins(pins_path(root), create=True).close()  # afresh, before any worker opens it
+            workers = RepoWorkers(settings.source, server.repo_workers, guards[0], on_responses=count)
+            log.info("the repo port is served by %d worker processes", server.repo_workers)
+        metrics.registry.register(GuardCollector(guards, workers=lambda: workers.guards if workers else ()))
         await run_servers([(repo_app, bind, server.repo_port), (api_app, bind, server.api_port)],
-                          guards=guards, ready=ready)
+                          guards=guards, ready=ready, workers=workers)
     finally:
         catalog_store.close()
         api_store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,13 @@ def test_server_guard_values(confdir: Path) -> None:
     assert load(write(confdir, "[server]\nheader_timeout = 0.5\n" + GOOD_REPO)).server.header_timeout == 0.5
 
 
+def test_repo_workers_default_number_and_auto(confdir: Path) -> None:
+    assert load(write(confdir, GOOD_REPO)).server.repo_workers == 1
+    assert load(write(confdir, "[server]\nrepo_workers = 3\n" + GOOD_REPO)).server.repo_workers == 3
+    auto = load(write(confdir, '[server]\nrepo_workers = "auto"\n' + GOOD_REPO)).server.repo_workers
+    assert auto == min(os.cpu_count() or 1, 64)
+
+
 @pytest.mark.parametrize(("line", "key", "reason"), [
     ("header_timeout = 0", "server.header_timeout", "more than 0"),
     ("header_timeout = -1", "server.header_timeout", "must not be negative"),
@@ -271,6 +279,11 @@ def test_server_guard_values(confdir: Path) -> None:
     ("max_connections_per_client = 1.5", "server.max_connections_per_client", "must be an integer"),
     ('max_connections_per_client = "64"', "server.max_connections_per_client", "must be an integer"),
     ("max_connections_per_client = true", "server.max_connections_per_client", "must be an integer"),
+    ("repo_workers = 0", "server.repo_workers", "between 1 and 64"),
+    ("repo_workers = 65", "server.repo_workers", "between 1 and 64"),
+    ('repo_workers = "many"', "server.repo_workers", 'positive integer or "auto"'),
+    ("repo_workers = 2.0", "server.repo_workers", 'positive integer or "auto"'),
+    ("repo_workers = true", "server.repo_workers", 'positive integer or "auto"'),
 ])
 def test_server_guard_mistakes_are_refused(confdir: Path, line: str, key: str, reason: str) -> None:
     path = write(confdir, f"[server]\n{line}\n" + GOOD_REPO)

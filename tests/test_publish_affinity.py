@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from mirror.affinity import MemoryPins, Pins, SharedPins, pins_path
 from mirror.pool import Pool
 from mirror.publish import StoreCatalog
 from mirror.store import Store
@@ -18,14 +21,26 @@ from tests.helpers import seed_snapshot
 INDEX = "dists/stable/main/binary-amd64/Packages"
 
 
-def test_client_keeps_the_snapshot_of_the_root_file_it_read(tmp_path: Path) -> None:
+def _dev_serves_old(tmp_path: Path) -> tuple[Pool, Tiers, str]:
+    """Two snapshots (InRelease and INDEX "old"/"new"); dev serves the old one. Returns the new."""
     store = Store(tmp_path / "state.db")
     pool = Pool(tmp_path)
     old = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"old", INDEX: b"old index"})
     new = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"new", INDEX: b"new index"})
     tiers = Tiers(Store(tmp_path / "state.db"), ("dev", "prod"))
     tiers.promote("repo", "dev", snapshot=old, actor="t")
-    catalog = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(hours=1))
+    return pool, tiers, new
+
+
+def _pins(kind: str, root: Path) -> Pins:
+    return MemoryPins() if kind == "memory" else SharedPins(pins_path(root))
+
+
+@pytest.mark.parametrize("kind", ["memory", "shared"])
+def test_client_keeps_the_snapshot_of_the_root_file_it_read(tmp_path: Path, kind: str) -> None:
+    pool, tiers, new = _dev_serves_old(tmp_path)
+    catalog = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(hours=1),
+                           pins=_pins(kind, tmp_path))
 
     def read(path: str, client: str | None) -> bytes:
         entry = catalog.lookup_tier("dev", "repo", path, client)
@@ -42,15 +57,40 @@ def test_client_keeps_the_snapshot_of_the_root_file_it_read(tmp_path: Path) -> N
 
 
 def test_pin_ends_when_the_grace_window_no_longer_covers_the_snapshot(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
-    pool = Pool(tmp_path)
-    old = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"old", INDEX: b"old index"})
-    new = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"new", INDEX: b"new index"})
-    tiers = Tiers(Store(tmp_path / "state.db"), ("dev", "prod"))
-    tiers.promote("repo", "dev", snapshot=old, actor="t")
+    pool, tiers, new = _dev_serves_old(tmp_path)
     catalog = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(0))
     entry = catalog.lookup_tier("dev", "repo", "dists/stable/InRelease", "10.0.0.1")
     assert entry is not None
     tiers.promote("repo", "dev", snapshot=new, actor="t")
     index = catalog.lookup_tier("dev", "repo", INDEX, "10.0.0.1")
     assert index is not None and pool.path_for(index.sha256).read_bytes() == b"new index"
+
+
+def test_pins_are_shared_between_processes_serving_the_repo_port(tmp_path: Path) -> None:
+    """With repo_workers, one client's requests may reach different processes: a pin taken in
+    one catalog (process) holds in another."""
+    pool, tiers, new = _dev_serves_old(tmp_path)
+    first = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(hours=1),
+                         pins=SharedPins(pins_path(tmp_path), create=True))
+    second = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(hours=1),
+                          pins=SharedPins(pins_path(tmp_path)))
+    assert first.lookup_tier("dev", "repo", "dists/stable/InRelease", "10.0.0.1") is not None
+    tiers.promote("repo", "dev", snapshot=new, actor="t")
+    index = second.lookup_tier("dev", "repo", INDEX, "10.0.0.1")
+    assert index is not None and pool.path_for(index.sha256).read_bytes() == b"old index"
+    other = second.lookup_tier("dev", "repo", INDEX, "10.0.0.2")
+    assert other is not None and pool.path_for(other.sha256).read_bytes() == b"new index"
+
+
+def test_shared_pins_start_afresh_and_expire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mirror.affinity as affinity
+
+    pins = SharedPins(pins_path(tmp_path), create=True)
+    pins.pin("10.0.0.1", "repo", "dev", "20260101T000000Z")
+    assert pins.get("10.0.0.1", "repo", "dev") == "20260101T000000Z"
+    assert pins.get("10.0.0.1", "repo", "prod") is None
+    later = affinity.time.monotonic() + affinity.AFFINITY_SECONDS + 1
+    monkeypatch.setattr(affinity.time, "monotonic", lambda: later)
+    assert pins.get("10.0.0.1", "repo", "dev") is None
+    pins.close()
+    assert SharedPins(pins_path(tmp_path), create=True).get("10.0.0.1", "repo", "dev") is None

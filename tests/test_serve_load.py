@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from fixtures.apt_repo import AptRepo, DebPackage
 from fixtures.keys import SigningKey
@@ -99,15 +100,17 @@ def _generation(upstream: AptRepo, n: int, count: int, date: datetime) -> None:
     upstream.publish(date=date, keep_plain_on_disk=False)
 
 
-def test_200_clients_see_no_failure_during_sync_and_promotions(tmp_path: Path,
-                                                                archive_key: SigningKey) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_200_clients_see_no_failure_during_sync_and_promotions(tmp_path: Path, archive_key: SigningKey,
+                                                                workers: int) -> None:
     upstream = AptRepo(tmp_path / "upstream", archive_key, suite="stable", codename="demo")
     now = datetime.now(UTC).replace(microsecond=0)
     keyring = archive_key.write_public(tmp_path / "keys" / "archive.asc")
     tokens = write_tokens(tmp_path / "mirror" / "tokens", {"flipper": TOKEN})
     with UpstreamServer(upstream.root) as server:
         mirror = write_config(tmp_path / "mirror", server.url, keyring,
-                              extra_server=f'token_file = "{tokens}"\ngrace_period = "1h"')
+                              extra_server=f'token_file = "{tokens}"\ngrace_period = "1h"\n'
+                                           f'repo_workers = {workers}')
         snapshots = []
         for n, count in ((1, 12), (2, 16)):
             _generation(upstream, n, count, now - timedelta(hours=4 - n))

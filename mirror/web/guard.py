@@ -51,7 +51,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from aiohttp import web
 
@@ -358,7 +358,7 @@ class GuardedConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.client = client_key(transport.get_extra_info("peername"))
         if not self.guard.admit(self.client):
             log.debug("%s: refused a connection from %s: %d open (max_connections_per_client)",

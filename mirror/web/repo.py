@@ -47,6 +47,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
 from mirror.web.guard import DEFAULT_IDLE_TIMEOUT, ConnectionGuard, GuardPolicy, start_guarded_server
+from mirror.web.workers import RepoWorkers
 
 __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
@@ -543,8 +544,12 @@ async def run_servers(
     policy: GuardPolicy | None = None,
     guards: Sequence[ConnectionGuard] | None = None,
     ready: Callable[[list[tuple[str, int]]], Any] | None = None,
+    workers: RepoWorkers | None = None,
 ) -> None:
     """Serve every ``(app, host, port)`` until SIGTERM or SIGINT, then stop gracefully.
+
+    With ``workers`` (:class:`mirror.web.workers.RepoWorkers`), the first app's port is served by
+    the worker processes: this process only accepts its connections and hands them over.
 
     On the signal the listening sockets close first, in-flight requests get up to
     ``shutdown_timeout`` seconds to finish, idle keep-alive connections are closed, and the
@@ -569,7 +574,7 @@ async def run_servers(
         loop.add_signal_handler(signum, stop.set)
         installed.append(signum)
     runners: list[web.AppRunner] = []
-    listeners: list[asyncio.Server] = []
+    listeners: list[asyncio.Server | RepoWorkers] = []
     try:
         bound: list[tuple[str, int]] = []
         for (app, host, port), guard in zip(apps, guards, strict=True):
@@ -583,7 +588,12 @@ async def run_servers(
             )
             await runner.setup()
             runners.append(runner)
-            listener = await start_guarded_server(runner, guard, host, port)
+            listener: asyncio.Server | RepoWorkers
+            if workers is not None and not listeners:
+                await workers.start(host, port)
+                listener = workers
+            else:
+                listener = await start_guarded_server(runner, guard, host, port)
             listeners.append(listener)
             bound.extend((str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listener.sockets)
         log.info("serving on %s", ", ".join(f"{h}:{p}" for h, p in bound))
@@ -594,6 +604,8 @@ async def run_servers(
     finally:
         for listener in listeners:  # stop accepting first
             listener.close()
+        if workers is not None:
+            await workers.stop()
         results = await asyncio.gather(
             *(runner.cleanup() for runner in runners), return_exceptions=True
         )
