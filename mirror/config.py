@@ -87,6 +87,9 @@ class RepoSettings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     keep_newest: int | None = None  # the newest N versions of each (name, arch); None: all
+    #: (name pattern, ((operator, version), ...)): a matching package must meet every constraint
+    versions: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    with_deps: bool = False  # add what the selected packages need (mirror.dependencies)
     # RPM advisory filters (see mirror.filters.AdvisoryFilter)
     advisory_types: tuple[str, ...] = ()
     advisory_severities: tuple[str, ...] = ()
@@ -102,7 +105,21 @@ class RepoSettings:
     @property
     def filtered(self) -> bool:
         """Package filters apply: snapshots carry metadata the mirror regenerates and signs."""
-        return bool(self.include or self.exclude or self.keep_newest or self.advisory_filtered)
+        return bool(self.include or self.exclude or self.keep_newest or self.advisory_filtered
+                    or self.versions or self.with_deps or self.package_architectures)
+
+    @property
+    def package_architectures(self) -> tuple[str, ...]:
+        """RPM: the architectures a filter keeps (empty: all). APT: () (`architectures` chooses
+        the indices, it is no filter)."""
+        return self.architectures if self.type == "rpm" else ()
+
+    def filter_shape(self) -> dict[str, object]:
+        """The package filters as the snapshot's plan key includes them (mirror.filters)."""
+        from mirror.filters import PackageFilter
+
+        return PackageFilter(self.type, self.include, self.exclude, self.keep_newest,
+                             self.package_architectures, self.versions, self.with_deps).shape()
 
     @property
     def advisory_filtered(self) -> bool:
@@ -434,8 +451,15 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
     suites = r.strings("suites", (), check=DEB_TOKEN_RE.match, what="suite")  # type: ignore[arg-type]
     components = r.strings("components", ("main",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
                            what="component", nonempty=True)
-    architectures = r.strings("architectures", ("amd64",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
+    # deb: the indices mirrored; rpm: a package filter (left out: every architecture)
+    architectures = r.strings("architectures", ("amd64",) if kind == "deb" else (),
+                              check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
                               what="architecture", nonempty=True)
+    if kind == "rpm":
+        for arch in architectures:
+            if arch in _DEB_ARCHES:
+                raise r.fail("architectures", f"{arch!r} is a Debian name: RPM calls it "
+                                              f"{_DEB_ARCHES[arch]!r}")
     languages = r.strings("languages", ("en",), check=DEB_TOKEN_RE.match,  # type: ignore[arg-type]
                           what="language")
     sources = r.get("sources", bool, False)
@@ -444,6 +468,8 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
     for key, patterns in (("include", include), ("exclude", exclude)):
         _check_patterns(r, key, patterns)
     keep_newest = _positive(r, "keep_newest", 1) if "keep_newest" in r.data else None
+    versions = _versions(r, "versions")
+    with_deps = r.get("with_deps", bool, False)
     advisory_types = r.strings("advisory_types", ())
     advisory_severities = r.strings("advisory_severities", ())
     issued_before = _moment(r, "advisory_issued_before")
@@ -458,7 +484,12 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
         raise r.fail("unadvised", "applies only with advisory_types, advisory_severities or "
                                   "advisory_issued_before")
     filter_keys = [k for k in ("include", "exclude", "keep_newest", "advisory_types", "advisory_severities",
-                               "advisory_issued_before") if r.data.get(k)]
+                               "advisory_issued_before", "versions", "with_deps") if r.data.get(k)]
+    if kind == "rpm" and architectures:
+        filter_keys.append("architectures")
+    if with_deps and not (include or keep_newest or advisory_types or advisory_severities or issued_before):
+        raise r.fail("with_deps", "adds what the selected packages need: it applies only with include, "
+                                  "keep_newest or advisory filters")
     tier_signing = r.get("tier_signing", str, None)
     if tier_signing is not None and tier_signing not in ("upstream", "mirror"):
         raise r.fail("tier_signing", f"{tier_signing!r} must be \"upstream\" or \"mirror\"")
@@ -491,7 +522,8 @@ def _repo(r: _Reader, *, check_keys: bool, signing: bool = False,
     return RepoSettings(
         name=name, type=kind, url=url, keyring=keyring, fingerprints=fingerprints, suites=suites,
         components=components, architectures=architectures, languages=languages, sources=sources,
-        include=include, exclude=exclude, keep_newest=keep_newest, advisory_types=advisory_types,
+        include=include, exclude=exclude, keep_newest=keep_newest, versions=versions, with_deps=with_deps,
+        advisory_types=advisory_types,
         advisory_severities=advisory_severities, advisory_issued_before=issued_before, unadvised=unadvised,
         tier_signing=tier_signing,
         package_signatures=package_signatures,
@@ -516,6 +548,33 @@ def _moment(r: _Reader, key: str) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     raise r.fail(key, "must be a date or time (e.g. 2026-11-01)")
+
+
+_DEB_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "all": "noarch", "ppc64el": "ppc64le"}
+
+
+def _versions(r: _Reader, key: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """`versions = { "openssl*" = ">= 3.0, < 3.2", "/^kernel/" = "< 6.0" }`: name pattern ->
+    comma-separated constraints (operators <, <=, =, >=, >, !=)."""
+    import json
+
+    from mirror.filters import parse_constraints
+
+    raw = r.get(key, dict, None)
+    if raw is None:
+        return ()
+    out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for pattern, text in raw.items():
+        where = f"{key}.{json.dumps(pattern)}"
+        if not isinstance(text, str):
+            raise r.fail(where, f"must be {_kind_name(str)} of constraints (e.g. \">= 3.0, < 3.2\"), "
+                                f"not {_kind_name(type(text))}")
+        _check_patterns(r, key, (pattern,))
+        try:
+            out.append((pattern, parse_constraints(text)))
+        except ValueError as exc:
+            raise r.fail(where, str(exc)) from None
+    return tuple(out)
 
 
 def _check_patterns(r: _Reader, key: str, patterns: tuple[str, ...]) -> None:

@@ -209,3 +209,11 @@ class PolicyError(MirrorError):
 
     code = "policy_refused"
     http_status = 422
+
+
+class DependencyError(MirrorError):
+    """`with_deps`: the solver found no installable set for the kept packages (a need that nothing
+    in the repo provides is reported, not an error: see mirror.dependencies)."""
+
+    code = "dependencies_unsolvable"
+    http_status = 422

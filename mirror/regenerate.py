@@ -1,6 +1,7 @@
 """Metadata the mirror regenerates for a filtered APT snapshot, signed with the mirror's key.
 
-A filtered repo (`include`, `exclude`, `keep_newest`) cannot serve the upstream's signed files: they
+A filtered repo (mirror.filters; with `with_deps`, plus what the kept packages need from the same
+index, mirror.dependencies) cannot serve the upstream's signed files: they
 list packages the snapshot does not have. For each suite the mirror writes instead:
 
 - per component and architecture, a `Packages` (plain, gz, xz) holding exactly the kept
@@ -24,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from mirror.dependencies import PackageNeeds
 from mirror.errors import ConfigError
-from mirror.filters import PackageFilter
-from mirror.formats.deb import BinaryPackage, Release, packages_paragraphs
+from mirror.filters import PackageFilter, report_unresolved
+from mirror.formats.deb import BinaryPackage, Release, package_needs, packages_paragraphs
 from mirror.model import EntryKind, ExpectedFile
 from mirror.releases import release_date
 from mirror.signing import MirrorSigner
@@ -37,7 +39,8 @@ _KEPT_FIELDS = ("Origin", "Label", "Suite", "Version", "Codename", "Changelogs",
 
 def repo_filter(ctx: SyncContext) -> PackageFilter:
     repo = ctx.repo
-    return PackageFilter(repo.type, repo.include, repo.exclude, repo.keep_newest)
+    return PackageFilter(repo.type, repo.include, repo.exclude, repo.keep_newest, repo.package_architectures,
+                         repo.versions, repo.with_deps, repo=repo.name)
 
 
 def signer_for(ctx: SyncContext) -> MirrorSigner:
@@ -49,9 +52,20 @@ def signer_for(ctx: SyncContext) -> MirrorSigner:
 
 
 def filter_packages(flt: PackageFilter, data: bytes, *, what: str) -> tuple[list[BinaryPackage], bytes]:
-    """The kept packages of a verified Packages index and the new index text (their paragraphs)."""
+    """Blocking: the kept packages of a verified Packages index and the new index text (their
+    paragraphs). With `with_deps`, plus what they need from the same index (Depends, Pre-Depends,
+    Provides; resolved by libsolv); needs nothing there provides are logged by name."""
     pairs = packages_paragraphs(data, what=what)
-    kept = flt.select(pairs, lambda pair: (pair[0].name, pair[0].arch, pair[0].version))
+
+    def ident(pair: tuple[BinaryPackage, bytes]) -> tuple[str, str, str]:
+        return pair[0].name, pair[0].arch, pair[0].version
+
+    def needs(pair: tuple[BinaryPackage, bytes]) -> PackageNeeds:
+        return package_needs(pair[0], pair[1], what=what)
+
+    selection = flt.select_with_deps(pairs, ident, needs)
+    report_unresolved(flt, selection.unresolved, what=what)
+    kept = selection.kept
     text = b"\n\n".join(t for _, t in kept) + (b"\n" if kept else b"")
     return [p for p, _ in kept], text
 

@@ -1,6 +1,8 @@
 """RPM repodata the mirror regenerates for a filtered snapshot, signed with the mirror's key.
 
-From the verified upstream primary, filelists and other (createrepo_c's iterator, which skips a
+The filters (mirror.filters; with `with_deps`, mirror.dependencies over the dependencies the
+verified primary lists) choose the kept entries before any package is fetched. From the verified
+upstream primary, filelists and other (createrepo_c's iterator, which skips a
 package the filter dropped without parsing it) the kept packages' records are written anew with
 createrepo_c; updateinfo keeps the advisories that name a kept package; every other record
 (modules, comps, ...) is kept as the upstream wrote it. Package-list records that would list
@@ -13,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirror.dependencies import PackageNeeds
 from mirror.diff import Advisory
 from mirror.errors import MalformedMetadataError, MirrorError
-from mirror.filters import AdvisoryFilter
-from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry
+from mirror.filters import AdvisoryFilter, PackageFilter, report_unresolved
+from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry, parse_primary_needs
 from mirror.repopath import contained
 from mirror.sync import SyncContext, Wanted
 
@@ -56,12 +59,6 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
     advisory_filter = AdvisoryFilter(repo.advisory_types, repo.advisory_severities,
                                      repo.advisory_issued_before, repo.unadvised)
     allowed = advisory_filter.allowed(ctx.advisories) if advisory_filter.active else None
-    kept = repo_filter(ctx).select(entries, lambda e: (e.name, e.arch, e.evr), allowed)
-    has_updateinfo = "updateinfo" in digests
-    advisory_ids = None
-    if has_updateinfo:
-        ctx.advisories = kept_advisories(ctx.advisories, kept)
-        advisory_ids = [a.id for a in ctx.advisories]
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=ctx.tmp))
     try:
         records: dict[str, UpstreamRecord] = {}
@@ -70,6 +67,15 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(ctx.pool.path_for(digests[record.type]))
             records[record.type] = UpstreamRecord(record, link)
+        try:
+            kept = await asyncio.to_thread(select_entries, repo_filter(ctx), entries, allowed,
+                                           records.get("primary"))
+        except MirrorError as exc:
+            raise exc.with_context(repo=ctx.repo.name) from None
+        advisory_ids = None
+        if "updateinfo" in digests:
+            ctx.advisories = kept_advisories(ctx.advisories, kept)
+            advisory_ids = [a.id for a in ctx.advisories]
         try:
             files = await asyncio.to_thread(write_repodata, scratch / "out", kept=kept, records=records,
                                             advisory_ids=advisory_ids, revision=repomd.revision, tmp=scratch)
@@ -85,6 +91,34 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
     root_files["repodata/repomd.xml"] = repomd_xml
     root_files["repodata/repomd.xml.asc"] = signature
     return kept, wanted
+
+
+def select_entries(flt: PackageFilter, entries: list[RpmPackageEntry],
+                   allowed: Callable[[str, str, str], bool] | None,
+                   primary: UpstreamRecord | None) -> list[RpmPackageEntry]:
+    """Blocking: the entries the filters keep; with `with_deps`, plus what they need, read from the
+    verified primary (Requires, Provides, files) and resolved by libsolv. Needs nothing in the repo
+    provides are logged by name (see mirror.dependencies)."""
+    def ident(e: RpmPackageEntry) -> tuple[str, str, str]:
+        return e.name, e.arch, e.evr
+
+    if not flt.with_deps:
+        return flt.select(entries, ident, allowed)
+    if primary is None:
+        raise MalformedMetadataError("repomd lists no primary record", path="repodata/repomd.xml")
+    what = primary.record.href
+    found = parse_primary_needs(primary.file, what=what)
+
+    def needs(e: RpmPackageEntry) -> PackageNeeds:
+        try:
+            return found[e.checksum]
+        except KeyError:
+            raise MalformedMetadataError(f"package {e.name} {e.evr} {e.arch} vanished between two reads",
+                                         path=what) from None
+
+    selection = flt.select_with_deps(entries, ident, needs, allowed)
+    report_unresolved(flt, selection.unresolved, what=what)
+    return selection.kept
 
 
 def write_repodata(out: Path, *, kept: Collection[RpmPackageEntry], records: dict[str, UpstreamRecord],

@@ -170,7 +170,7 @@ def plan_key(repo: RepoSettings) -> str:
     shape = {"type": repo.type, "suites": repo.suites, "components": repo.components,
              "architectures": repo.architectures, "languages": repo.languages, "sources": repo.sources}
     if repo.filtered:  # only then: unfiltered repos keep the key (and the snapshots) they had
-        shape["filters"] = {"include": repo.include, "exclude": repo.exclude, "keep_newest": repo.keep_newest}
+        shape["filters"] = repo.filter_shape()
     if repo.advisory_filtered:
         before = repo.advisory_issued_before
         shape["advisories"] = {"types": repo.advisory_types, "severities": repo.advisory_severities,

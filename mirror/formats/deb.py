@@ -34,13 +34,18 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from mirror.errors import (
     ExpiredMetadataError,
     MalformedMetadataError,
     WeakDigestError,
 )
+
+if TYPE_CHECKING:
+    from mirror.dependencies import PackageNeeds, Relation
 
 __all__ = [
     "BinaryPackage",
@@ -678,3 +683,64 @@ def parse_sources(data: bytes, *, what: str) -> list[SourcePackage]:
             )
         )
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Relations (`with_deps`): read from a kept paragraph only when dependencies are resolved
+
+_RELATION_FIELD_RE = re.compile(rb"\n(depends|pre-depends|provides):([^\n]*)((?:\n[ \t][^\n]*)*)",
+                                re.IGNORECASE)
+# name[:archqual] [(op version)] [arch restrictions] [<build profiles>]
+_RELATION_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9+.-]*)(?::[A-Za-z0-9-]+)?"
+                          r"(?:\s*\(\s*(<<|<=|>=|>>|=|<|>)\s*([^\s()]+)\s*\))?"
+                          r"(?:\s*\[[^\]]*\])?(?:\s*<[^>]*>)*")
+_RELATION_FIELDS = {"depends": "Depends", "pre-depends": "Pre-Depends", "provides": "Provides"}
+# dpkg's operators as the filters write them; the obsolete "<" and ">" mean "<=" and ">="
+_RELATION_OPS = {"<<": "<", "<=": "<=", "=": "=", ">=": ">=", ">>": ">", "<": "<=", ">": ">="}
+
+
+def package_needs(package: BinaryPackage, paragraph: bytes, *, what: str) -> PackageNeeds:
+    """What a package offers and needs, from its paragraph: Depends and Pre-Depends (with
+    alternatives `a | b` and versions), Provides (versioned or not). An architecture qualifier
+    (`python3:any`) is dropped: an index lists one architecture (and `all`)."""
+    from mirror.dependencies import PackageNeeds
+
+    requires: list[tuple[Relation, ...]] = []
+    provides: list[Relation] = []
+    try:
+        for key, first, cont in _RELATION_FIELD_RE.findall(b"\n" + paragraph):
+            text = (first + cont).decode("utf-8")
+            field = _RELATION_FIELDS[key.decode().lower()]
+            for clause in text.split(","):
+                if not clause.strip():
+                    continue
+                alternatives = tuple(_relation(alt, field) for alt in clause.split("|"))
+                if field == "Provides":
+                    if len(alternatives) != 1:
+                        raise _ParagraphError(f"Provides: {clause.strip()!r} has alternatives")
+                    provides.append(alternatives[0])
+                else:
+                    requires.append(alternatives)
+    except _ParagraphError as exc:
+        raise MalformedMetadataError(f"package {package.name} {package.version}: {exc.reason}",
+                                     path=what) from None
+    except UnicodeDecodeError:
+        raise MalformedMetadataError(f"package {package.name} {package.version}: a relation field is "
+                                     "not valid UTF-8", path=what) from None
+    return PackageNeeds(package.name, package.arch, package.version, tuple(requires), tuple(provides))
+
+
+@lru_cache(maxsize=1 << 16)
+def _relation(text: str, field: str) -> Relation:
+    """One relation (an index repeats the same ones a lot: cached)."""
+    from mirror.dependencies import Relation
+
+    match = _RELATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise _ParagraphError(f"{field}: {text.strip()!r} is not a package relation")
+    name, op, version = match.groups()
+    if op is None:
+        return Relation(name)
+    if field == "Provides" and op != "=":
+        raise _ParagraphError(f"Provides: {text.strip()!r}: only '=' is allowed")
+    return Relation(name, _RELATION_OPS[op], version)

@@ -12,8 +12,12 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.errors import MalformedMetadataError
+
+if TYPE_CHECKING:
+    from mirror.dependencies import PackageNeeds, Relation
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
@@ -167,4 +171,54 @@ def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
         if not (p.name and p.version and p.arch and p.href and p.checksum):
             raise MalformedMetadataError(f"package entry {p.name!r} lacks name, version, arch, location "
                                          "or checksum", path=what)
+    return out
+
+
+_RPM_FLAGS = {"LT": "<", "LE": "<=", "EQ": "=", "GE": ">=", "GT": ">"}
+
+
+def _rpm_relation(entry: tuple[str, str | None, str | None, str | None, str | None, bool]) -> Relation:
+    from mirror.dependencies import Relation
+
+    name, flags, epoch, version, release, _pre = entry
+    if name.startswith("("):
+        return Relation(name, rich=True)
+    op = _RPM_FLAGS.get(flags or "")
+    if op is None or not version:
+        return Relation(name)
+    evr = version if epoch in (None, "", "0") else f"{epoch}:{version}"
+    return Relation(name, op, f"{evr}-{release}" if release else evr)
+
+
+def parse_primary_needs(path: Path, *, what: str) -> dict[str, PackageNeeds]:
+    """Blocking: what each package of a verified primary.xml offers and needs (`with_deps` only:
+    the plain parse above skips all this), keyed by package checksum (lower case): Requires
+    (rpmlib() ones left out: rpm itself provides them), Provides, and the files primary lists."""
+    import createrepo_c as cr
+
+    from mirror.dependencies import PackageNeeds
+
+    out: dict[str, PackageNeeds] = {}
+    warnings: list[str] = []
+
+    def pkgcb(pkg: cr.Package) -> bool:
+        epoch, version, release = pkg.epoch or "0", pkg.version or "", pkg.release or ""
+        evr = f"{version}-{release}" if epoch == "0" else f"{epoch}:{version}-{release}"
+        requires = tuple((_rpm_relation(r),) for r in pkg.requires or () if not r[0].startswith("rpmlib("))
+        out[(pkg.pkgId or "").lower()] = PackageNeeds(
+            pkg.name or "", pkg.arch or "", evr, requires,
+            tuple(_rpm_relation(p) for p in pkg.provides or ()),
+            tuple(f"{directory}{name}" for _kind, directory, name in pkg.files or ()))
+        return True
+
+    def warningcb(kind: int, message: str) -> bool:
+        warnings.append(message)
+        return True
+
+    try:
+        cr.xml_parse_primary(str(path), pkgcb=pkgcb, do_files=True, warningcb=warningcb)
+    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
+        raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
+    if warnings:
+        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
     return out
