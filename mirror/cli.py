@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept upstream metadata older than the last accepted (this run only)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
-    p = sub.add_parser("snapshots", help="a repo's snapshots, newest first")
-    p.add_argument("repo", metavar="REPO")
+    p = sub.add_parser("snapshots", help="a repo's snapshots, newest first; `snapshots delete REPO ID` "
+                                          "deletes one no tier needs",
+                       usage="mirror snapshots [-h] [--json] REPO\n"
+                             "       mirror snapshots [-h] [--json] [--reason R] delete REPO ID")
+    p.add_argument("words", nargs="+", metavar="REPO | delete REPO ID")
+    p.add_argument("--reason", metavar="R", help="delete: why (kept in the audit history)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("tiers", help="which snapshot each tier serves, per repo")
@@ -106,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "snapshots":
+        _snapshot_words(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -120,6 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mirror: interrupted", file=sys.stderr)
         return 130
+
+
+def _snapshot_words(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`snapshots REPO` lists; `snapshots delete REPO ID` deletes (a repo named "delete" is still
+    listed by `snapshots delete`)."""
+    words = args.words
+    args.delete = len(words) == 3 and words[0] == "delete"
+    if args.delete:
+        args.repo, args.snapshot = words[1], words[2]
+    elif len(words) == 1:
+        args.repo = words[0]
+        if args.reason is not None:
+            parser.error("snapshots: --reason goes with `snapshots delete REPO ID`")
+    else:
+        parser.error("snapshots: expected REPO, or delete REPO ID")
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -197,6 +219,8 @@ def _issue_releases(settings: Settings, store: Any, only: tuple[str, str] | None
 
 def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
     settings.repo(args.repo)
+    if args.delete:
+        return cmd_snapshot_delete(settings, args)
     snaps = _store(settings).snapshots(args.repo)
     if args.json:
         print(json.dumps([{"id": s.id, "created": s.created.isoformat(), "packages": s.packages,
@@ -206,6 +230,21 @@ def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{'SNAPSHOT':<18} {'PACKAGES':>8} {'SIZE':>10}  {'SIGNED BY':<9}  TIERS")
     for s in snaps:
         print(f"{s.id:<18} {s.packages:>8} {_size(s.bytes):>10}  {s.signed_by:<9}  {','.join(s.tiers)}")
+    return 0
+
+
+def cmd_snapshot_delete(settings: Settings, args: argparse.Namespace) -> int:
+    """`mirror snapshots delete REPO ID`: refused (exit 2, the reasons) while a tier needs it."""
+    from mirror.snapshot_delete import delete_snapshot
+    from mirror.web.api import deletion_json
+
+    record = delete_snapshot(_store(settings), settings, args.repo, args.snapshot, actor=_actor(),
+                             reason=args.reason)
+    if args.json:
+        print(json.dumps(deletion_json(record), indent=2))
+    else:
+        print(f"{record.repo}: deleted {record.snapshot} ({record.packages} packages, "
+              f"{_size(record.bytes)}); `mirror gc` reclaims its files")
     return 0
 
 

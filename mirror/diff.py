@@ -215,6 +215,30 @@ class Diff:
         return {"added": len(self.added), "removed": len(self.removed), "upgraded": len(self.upgraded),
                 "downgraded": len(self.downgraded), "advisories": len(self.advisories)}
 
+    def __len__(self) -> int:
+        """Entries in all: package changes and advisories (what pages are cut from)."""
+        return (len(self.added) + len(self.removed) + len(self.upgraded) + len(self.downgraded)
+                + len(self.advisories))
+
+    def page(self, offset: int, limit: int) -> Diff:
+        """Entries ``offset`` to ``offset + limit`` (exclusive) of the sequence added, removed,
+        upgraded, downgraded, advisories (each list in its own stable order, as the JSON and CSV
+        list them), as a Diff holding only those. Slices only: costs what the page holds."""
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must not be negative")
+        parts: list[tuple[Any, ...]] = []
+        start, left = offset, limit
+        for seq in (self.added, self.removed, self.upgraded, self.downgraded, self.advisories):
+            if start >= len(seq) or left == 0:
+                start = max(0, start - len(seq))
+                parts.append(())
+                continue
+            taken = seq[start:start + left]
+            parts.append(taken)
+            left -= len(taken)
+            start = 0
+        return Diff(*parts)
+
 
 EMPTY = Diff()
 

@@ -4,12 +4,21 @@ A side of a diff is named by a tier ("prod": what it serves now), a snapshot id
 ("20261127T020000Z") or ``TIER@TIME`` (what the tier served then, from its history). Package
 sets come from the store's per-snapshot blobs and are kept in a small in-process LRU cache:
 snapshots never change, so a cached set never goes stale (a snapshot id removed by gc and
-re-used later cannot happen: ids only grow).
+re-used later cannot happen: ids only grow, also past a deleted snapshot).
+
+The API serves a diff in pages (:func:`diff_page`, HOSTILE 75): the diff of two snapshots is
+computed once and kept in a second small LRU (:func:`cached_diff`), a page is a slice of it
+(:meth:`mirror.diff.Diff.page`), and an opaque cursor pins the two snapshots and the offset, so
+paging through tens of thousands of changes costs one diff plus what each page holds.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,7 +44,8 @@ from mirror.names import MAX_NAME_LENGTH, check_snapshot, check_tier
 from mirror.store import Store
 from mirror.tiers import Tiers, parse_moment
 
-__all__ = ["CveReport", "DiffResult", "compute_diff", "cve_report", "pending_advisories", "resolve_ref"]
+__all__ = ["CveReport", "DiffPage", "DiffResult", "compute_diff", "cve_report", "diff_page",
+           "pending_advisories", "resolve_ref"]
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[str, str, str], PackageSet] = OrderedDict()
@@ -60,8 +70,11 @@ def package_set(store: Store, repo: str, snapshot: str) -> PackageSet:
 
 
 def clear_cache() -> None:
+    """Forget the cached package sets and diffs."""
     with _cache_lock:
         _cache.clear()
+    with _diffs_lock:
+        _diffs.clear()
 
 
 def resolve_ref(store: Store, settings: Settings, repo: str, ref: str) -> SnapshotRef:
@@ -111,19 +124,132 @@ def compute_diff(store: Store, settings: Settings, repo: str, from_ref: str, to_
     a = resolve_ref(store, settings, repo, from_ref)
     b = resolve_ref(store, settings, repo, to_ref)
     assert a.snapshot is not None and b.snapshot is not None
-    if a.snapshot == b.snapshot or (store.package_set_digest(repo, a.snapshot)
-                                    == store.package_set_digest(repo, b.snapshot)):
-        return DiffResult(repo, kind, a, b, EMPTY)
-    before = package_set(store, repo, a.snapshot)
-    after = package_set(store, repo, b.snapshot)
+    return DiffResult(repo, kind, a, b, _snapshot_diff(store, kind, repo, a.snapshot, b.snapshot))
+
+
+def _snapshot_diff(store: Store, kind: str, repo: str, a: str, b: str) -> Diff:
+    if a == b or store.package_set_digest(repo, a) == store.package_set_digest(repo, b):
+        return EMPTY
+    before = package_set(store, repo, a)
+    after = package_set(store, repo, b)
     diff = diff_rows(kind, before, after)
     if kind == "rpm":
-        from_ids = store.advisory_ids(repo, a.snapshot)
-        candidates = store.advisories_for_diff(repo, b.snapshot, from_ids, {c.name for c in diff.upgraded})
+        from_ids = store.advisory_ids(repo, a)
+        candidates = store.advisories_for_diff(repo, b, from_ids, {c.name for c in diff.upgraded})
         if candidates:
             diff = dataclasses.replace(diff, advisories=diff_advisories(
                 kind, diff, from_ids, candidates, after_packages=after))
-    return DiffResult(repo, kind, a, b, diff)
+    return diff
+
+
+# -- pages (the API) -----------------------------------------------------------------------------
+
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10000
+_MAX_OFFSET = 10**9
+MAX_CURSOR = 200
+_DIFF_CACHE_SIZE = 4
+_diffs: OrderedDict[tuple[str, str, str, str], Diff] = OrderedDict()
+_diffs_lock = threading.Lock()
+
+
+def cached_diff(store: Store, kind: str, repo: str, a: str, b: str) -> Diff:
+    """The diff of two snapshots, kept in a small LRU: paging through a big diff computes it once
+    (snapshots never change; a deleted one is checked for by the caller)."""
+    key = (str(store.path), repo, a, b)
+    with _diffs_lock:
+        found = _diffs.get(key)
+        if found is not None:
+            _diffs.move_to_end(key)
+            return found
+    diff = _snapshot_diff(store, kind, repo, a, b)
+    with _diffs_lock:
+        _diffs[key] = diff
+        _diffs.move_to_end(key)
+        while len(_diffs) > _DIFF_CACHE_SIZE:
+            _diffs.popitem(last=False)
+    return diff
+
+
+def _refs_tag(from_ref: str, to_ref: str) -> str:
+    return hashlib.sha256(f"{from_ref}\n{to_ref}".encode()).hexdigest()[:16]
+
+
+def encode_cursor(from_ref: str, to_ref: str, a: str, b: str, offset: int) -> str:
+    """An opaque cursor (about 120 characters): a tag of the refs as asked, the snapshots they
+    resolved to on the first page (so every page is cut from the same diff even if a tier moves
+    meanwhile) and the offset."""
+    doc = json.dumps({"v": 1, "r": _refs_tag(from_ref, to_ref), "a": a, "b": b, "o": offset},
+                     separators=(",", ":"))
+    return base64.urlsafe_b64encode(doc.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, from_ref: str, to_ref: str) -> tuple[str, str, int]:
+    """(from snapshot, to snapshot, offset) of a cursor made for these refs, else 400."""
+    bad = InvalidRequestError("cursor is not one this API gave out (start again without it)")
+    if len(cursor) > MAX_CURSOR or not re.fullmatch(r"[A-Za-z0-9_-]+", cursor):
+        raise bad
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        raise bad
+    a, b, offset = doc.get("a"), doc.get("b"), doc.get("o")
+    if (not isinstance(a, str) or not isinstance(b, str) or not SNAPSHOT_ID_RE.fullmatch(a)
+            or not SNAPSHOT_ID_RE.fullmatch(b) or type(offset) is not int or not 0 <= offset <= _MAX_OFFSET):
+        raise bad
+    if doc.get("r") != _refs_tag(from_ref, to_ref):
+        raise InvalidRequestError("cursor belongs to a diff of other refs "
+                                  "(from and to must stay as they were on the first page)")
+    return a, b, offset
+
+
+@dataclass(frozen=True)
+class DiffPage:
+    """One page of a diff: `result.diff` holds the page's entries, `summary` counts the whole diff."""
+
+    result: DiffResult
+    summary: dict[str, int]
+    offset: int
+    limit: int
+    total: int
+    next_cursor: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        doc = self.result.as_json()
+        doc["summary"] = self.summary
+        doc["page"] = {"offset": self.offset, "limit": self.limit, "total": self.total,
+                       "next_cursor": self.next_cursor}
+        return doc
+
+
+def diff_page(store: Store, settings: Settings, repo: str, from_ref: str, to_ref: str, *,
+              limit: int = DEFAULT_PAGE, cursor: str | None = None) -> DiffPage:
+    """A page of the diff FROM -> TO: at most `limit` entries of the sequence added, removed,
+    upgraded, downgraded, advisories, from the offset `cursor` says (the start without one).
+    The diff is computed once per pair of snapshots (`cached_diff`); a page costs its size."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_PAGE}")
+    kind = settings.repo(repo).type
+    if cursor is None:
+        a = resolve_ref(store, settings, repo, from_ref)
+        b = resolve_ref(store, settings, repo, to_ref)
+        offset = 0
+    else:
+        snap_a, snap_b, offset = decode_cursor(cursor, from_ref, to_ref)
+        for snap in (snap_a, snap_b):
+            if not store.has_snapshot(repo, snap):
+                raise NotFoundError(f"no snapshot {snap} in repo {repo} (deleted since the first page)",
+                                    repo=repo)
+        a, b = SnapshotRef(from_ref, snap_a), SnapshotRef(to_ref, snap_b)
+    assert a.snapshot is not None and b.snapshot is not None
+    full = cached_diff(store, kind, repo, a.snapshot, b.snapshot)
+    total = len(full)
+    end = offset + limit
+    following = encode_cursor(from_ref, to_ref, a.snapshot, b.snapshot, end) if end < total else None
+    return DiffPage(DiffResult(repo, kind, a, b, full.page(offset, limit)), full.summary(), offset, limit,
+                    total, following)
 
 
 # -- CVEs ---------------------------------------------------------------------------------------

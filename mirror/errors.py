@@ -217,3 +217,17 @@ class DependencyError(MirrorError):
 
     code = "dependencies_unsolvable"
     http_status = 422
+
+
+class ForbiddenError(MirrorError):
+    """A valid API token whose scope or tiers do not cover the call (HOSTILE 71)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class SnapshotInUseError(ConflictError):
+    """A snapshot delete refused: a tier serves it, may roll back to it, served it within the
+    grace window, or it is the repo's newest (HOSTILE 73). The message says which."""
+
+    code = "snapshot_in_use"

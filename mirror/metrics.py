@@ -157,6 +157,9 @@ class Metrics:
                                 ["server", "status"], registry=self.registry)
         self.auth_failures = Counter("mirror_api_auth_failures",
                                      "API calls refused for want of a valid token", registry=self.registry)
+        self.api_refusals = Counter("mirror_api_refusals",
+                                    "API calls refused by authentication or authorisation (401, 403, 429), "
+                                    "by status and reason", ["status", "reason"], registry=self.registry)
 
     def add_state(self, store: Store, repos: Sequence[str], *, stale_after: float | None = None,
                   expiry_warning: float | None = None) -> None:

@@ -151,7 +151,7 @@ class StoreCatalog:
     def _resolve(self, view: _View, key: tuple[str, str], snapshot: str | None,
                  path: str) -> ManifestEntry | None:
         repo = key[0]
-        if snapshot is not None and (entry := self.lookup_snapshot(repo, snapshot, path)) is not None:
+        if snapshot is not None and (entry := self._lookup(repo, snapshot, path)) is not None:
             return entry
         recent = view.recent.get(key)
         if not recent:
@@ -161,7 +161,7 @@ class StoreCatalog:
             if served.until < horizon:
                 break
             if served.snapshot != snapshot and (
-                    entry := self.lookup_snapshot(repo, served.snapshot, path)) is not None:
+                    entry := self._lookup(repo, served.snapshot, path)) is not None:
                 return entry
         return None
 
@@ -204,6 +204,10 @@ class StoreCatalog:
 
     def lookup_snapshot(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None:
         self._current_view()  # after a commit: forget the manifests of deleted snapshots (gc, delete)
+        return self._lookup(repo, snapshot, path)
+
+    def _lookup(self, repo: str, snapshot: str, path: str) -> ManifestEntry | None:
+        """lookup_snapshot for callers that have just refreshed the view (one look per request)."""
         manifest = self._manifest(repo, snapshot)
         return manifest.get(path) if manifest is not None else None
 

@@ -113,6 +113,14 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (repo, snapshot, advisory))""",
         "CREATE INDEX snapshot_advisories_advisory ON snapshot_advisories (advisory)",
     )),
+    (6, "deleted snapshots: an append-only audit of `mirror snapshots delete` (HOSTILE 73)", (
+        # one row per deletion, never updated nor deleted; the snapshot's other rows are gone
+        """CREATE TABLE snapshot_deletions (
+            id INTEGER PRIMARY KEY, repo TEXT NOT NULL, snapshot TEXT NOT NULL, at TEXT NOT NULL,
+            actor TEXT NOT NULL, reason TEXT, created TEXT NOT NULL, packages INTEGER NOT NULL,
+            bytes BIGINT NOT NULL)""",
+        "CREATE INDEX snapshot_deletions_repo ON snapshot_deletions (repo, id)",
+    )),
 )
 
 
@@ -287,6 +295,30 @@ class NewSnapshot:
 _MOVE_COLUMNS = "id, repo, tier, at, from_snapshot, to_snapshot, actor, reason, forced, action"
 
 
+@dataclass(frozen=True)
+class SnapshotDeletion:
+    """One `mirror snapshots delete`: who deleted which snapshot, when and why (append-only)."""
+
+    id: int
+    repo: str
+    snapshot: str
+    at: datetime
+    actor: str
+    reason: str | None
+    created: datetime  # the snapshot's own
+    packages: int
+    bytes: int
+
+
+_DELETION_COLUMNS = "id, repo, snapshot, at, actor, reason, created, packages, bytes"
+
+
+def _deletion(r: Sequence[Any]) -> SnapshotDeletion:
+    return SnapshotDeletion(id=int(r[0]), repo=r[1], snapshot=r[2], at=datetime.fromisoformat(r[3]),
+                            actor=r[4], reason=r[5], created=datetime.fromisoformat(r[6]), packages=int(r[7]),
+                            bytes=int(r[8]))
+
+
 def _move(r: Sequence[Any]) -> TierMove:
     return TierMove(id=r[0], repo=r[1], tier=r[2], at=datetime.fromisoformat(r[3]), from_snapshot=r[4],
                     to_snapshot=r[5], actor=r[6], reason=r[7], forced=bool(r[8]), action=r[9])
@@ -445,7 +477,11 @@ class Store:
         return snap_id
 
     def _free_snapshot_id(self, repo: str, now: datetime) -> str:
-        latest = self.db.execute("SELECT MAX(id) FROM snapshots WHERE repo = ?", (repo,)).fetchone()[0]
+        # a deleted snapshot's id is never given again (caches and URLs may still know it)
+        latest = self.db.execute(
+            "SELECT MAX(id) FROM (SELECT id FROM snapshots WHERE repo = ? "
+            "UNION ALL SELECT snapshot FROM snapshot_deletions WHERE repo = ?) AS ids",
+            (repo, repo)).fetchone()[0]
         moment = now.replace(microsecond=0)
         if latest is not None:
             moment = max(moment, parse_snapshot_id(latest) + timedelta(seconds=1))
@@ -746,6 +782,40 @@ class Store:
                               ("tier_releases", "snapshot"), ("snapshot_packages", "snapshot"),
                               ("snapshot_advisories", "snapshot"), ("snapshots", "id")):
             self.db.execute(f"DELETE FROM {table} WHERE repo = ? AND {column} = ?", (repo, snapshot))
+
+    def record_snapshot_deletion(self, repo: str, snapshot: str, *, actor: str, reason: str | None,
+                                 now: datetime) -> SnapshotDeletion:
+        """Append the audit row of deleting `snapshot` (still recorded). In `transaction()`, with
+        `delete_snapshot` after it."""
+        if not self.db.in_transaction:
+            raise StorageError("record_snapshot_deletion outside a transaction")
+        row = self.db.execute("SELECT created, packages, bytes FROM snapshots WHERE repo = ? AND id = ?",
+                              (repo, snapshot)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no snapshot {snapshot} in repo {repo}", repo=repo)
+        next_id = int(self.db.execute(
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM snapshot_deletions").fetchone()[0])
+        self.db.execute(f"INSERT INTO snapshot_deletions ({_DELETION_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (next_id, repo, snapshot, _utc_text(now), actor, reason, row[0], row[1], row[2]))
+        found = self.db.execute(f"SELECT {_DELETION_COLUMNS} FROM snapshot_deletions WHERE id = ?",
+                                (next_id,)).fetchone()
+        return _deletion(found)
+
+    @_locked
+    def snapshot_deletions(self, repo: str, *, until: datetime | None = None,
+                           limit: int | None = None) -> list[SnapshotDeletion]:
+        """A repo's snapshot deletions, newest first; `until`: only those made at or before then."""
+        query = f"SELECT {_DELETION_COLUMNS} FROM snapshot_deletions WHERE repo = ?"
+        args: list[object] = [repo]
+        if until is not None:
+            query += " AND at <= ?"
+            args.append(_utc_text(until))
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        return [_deletion(r) for r in self.db.execute(query, args)]
 
     @_locked
     def referenced_digests(self) -> set[str]:

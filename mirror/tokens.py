@@ -1,4 +1,17 @@
-"""API tokens: the `[server] token_file`, one `NAME:TOKEN` per line; NAME is the actor in history.
+"""API tokens: the `[server] token_file`, one token a line; NAME is the actor in history.
+
+    NAME:TOKEN [scope=read|promote|admin] [tiers=TIER,TIER...] [expires=RFC3339-TIME]
+
+`NAME:TOKEN` alone (the original format) is an admin token that never expires. The optional
+fields, separated by blanks, each at most once:
+
+- `scope`: `read` may only read (GET; reads need a token only with `[server] read_auth`), every
+  mutating call is 403; `promote` may read, promote and roll back, nothing else (sync, gc,
+  snapshot delete: 403); `admin` (the default) may do everything.
+- `tiers`: the tiers the token may move (promote into, roll back); a move of another tier is
+  403. Only with `scope=promote`, which it implies when `scope` is not given.
+- `expires`: an RFC 3339 time with an offset (`2027-01-01T00:00:00Z`); from then on the token is
+  refused with 401 ("token expired"), as if it were unknown, and logged with its name.
 
 Blank lines and lines starting with `#` are ignored. A name is `[A-Za-z0-9][A-Za-z0-9._@-]*`; a
 token is at least 16 printable characters without spaces. The file must not be readable or
@@ -6,7 +19,8 @@ writable by others (mode `o-rwx`), since it holds secrets. Any problem refuses t
 naming the file and the line (never the token itself).
 
 A presented token is compared with every configured token in constant time
-(`hmac.compare_digest`), so neither the answer nor its timing tells which token was close.
+(`hmac.compare_digest`), so neither the answer nor its timing tells which token was close; the
+scope, tiers and expiry are looked at only after that, for the token found.
 The file is re-read when it changes (so a token can be revoked without a restart); a file that
 became invalid refuses every token until it is fixed.
 """
@@ -19,7 +33,9 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from mirror.errors import ConfigError
@@ -28,13 +44,76 @@ log = logging.getLogger(__name__)
 
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 TOKEN_RE = re.compile(r"^[\x21-\x7e]{16,512}$")
+TIER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
+RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 MAX_TOKEN_FILE = 1024 * 1024
+
+#: scopes, weakest first: a scope allows what every weaker one does
+SCOPES = ("read", "promote", "admin")
+READ, PROMOTE, ADMIN = SCOPES
 
 
 @dataclass(frozen=True)
 class Token:
     name: str
     secret: bytes
+    scope: str = ADMIN
+    tiers: frozenset[str] | None = None  # None: any tier
+    expires: datetime | None = None
+
+    def __repr__(self) -> str:  # never the secret
+        return f"Token({self.name!r}, scope={self.scope!r})"
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and now >= self.expires
+
+    def allows(self, needed: str) -> bool:
+        """Whether the scope covers `needed` ("read", "promote" or "admin")."""
+        return SCOPES.index(self.scope) >= SCOPES.index(needed)
+
+    def allows_tier(self, tier: str) -> bool:
+        return self.tiers is None or tier in self.tiers
+
+
+def _parse_expires(value: str, where: str) -> datetime:
+    if not RFC3339_RE.match(value):
+        raise ConfigError(f"{where}: expires must be an RFC 3339 time with an offset, "
+                          f"e.g. 2027-01-01T00:00:00Z (got {value[:40]!r})")
+    try:
+        moment = datetime.fromisoformat(value.upper().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{where}: expires {value[:40]!r} is not a valid time") from None
+    return moment
+
+
+def _parse_fields(name: str, secret: bytes, fields: list[str], where: str) -> Token:
+    seen: dict[str, str] = {}
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if not sep or not value:
+            raise ConfigError(f"{where}: expected KEY=VALUE after the token, got {field[:40]!r}")
+        if key not in ("scope", "tiers", "expires"):
+            raise ConfigError(f"{where}: unknown field {key[:40]!r} (allowed: scope, tiers, expires)")
+        if key in seen:
+            raise ConfigError(f"{where}: field {key!r} given twice")
+        seen[key] = value
+    scope = seen.get("scope")
+    if scope is not None and scope not in SCOPES:
+        raise ConfigError(f"{where}: scope must be one of {', '.join(SCOPES)} (got {scope[:40]!r})")
+    tiers: frozenset[str] | None = None
+    if "tiers" in seen:
+        names = seen["tiers"].split(",")
+        for tier in names:
+            if not TIER_RE.match(tier):
+                raise ConfigError(f"{where}: tiers must be tier names separated by commas "
+                                  f"(got {tier[:40]!r})")
+        if scope is None:
+            scope = PROMOTE
+        elif scope != PROMOTE:
+            raise ConfigError(f"{where}: tiers applies to scope=promote only (this token has scope={scope})")
+        tiers = frozenset(names)
+    expires = _parse_expires(seen["expires"], where) if "expires" in seen else None
+    return Token(name, secret, scope or ADMIN, tiers, expires)
 
 
 def parse_token_file(path: Path) -> tuple[Token, ...]:
@@ -60,9 +139,10 @@ def parse_token_file(path: Path) -> tuple[Token, ...]:
         if not line or line.startswith("#"):
             continue
         where = f"{path}: line {number}"
-        name, sep, secret = line.partition(":")
+        first, *fields = line.split()
+        name, sep, secret = first.partition(":")
         if not sep:
-            raise ConfigError(f"{where}: expected NAME:TOKEN")
+            raise ConfigError(f"{where}: expected NAME:TOKEN [scope=...] [tiers=...] [expires=...]")
         if not TOKEN_NAME_RE.match(name):
             raise ConfigError(f"{where}: token name must match [A-Za-z0-9][A-Za-z0-9._@-]* (64 at most)")
         if not TOKEN_RE.match(secret):
@@ -74,7 +154,7 @@ def parse_token_file(path: Path) -> tuple[Token, ...]:
         if any(hmac.compare_digest(encoded, t.secret) for t in tokens):
             raise ConfigError(f"{where}: token of {name!r} is the same as another one")
         names.add(name)
-        tokens.append(Token(name, encoded))
+        tokens.append(_parse_fields(name, encoded, fields, where))
     return tuple(tokens)
 
 
@@ -117,11 +197,23 @@ class TokenRing:
     def configured(self) -> bool:
         return bool(self._current())
 
-    def identify(self, presented: str) -> str | None:
-        """The name of the token `presented` is, or None. Compares against every token."""
+    def find(self, presented: str) -> Token | None:
+        """The token `presented` is, or None. Compares against every token, in constant time."""
         candidate = presented.encode()
-        found: str | None = None
+        found: Token | None = None
         for token in self._current():
             if hmac.compare_digest(candidate, token.secret) and found is None:
-                found = token.name
+                found = token
         return found
+
+    def identify(self, presented: str) -> str | None:
+        """The name of the token `presented` is, or None (expiry and scope not considered)."""
+        token = self.find(presented)
+        return token.name if token is not None else None
+
+    def check_tiers(self, tiers: Collection[str]) -> None:
+        """Log a warning for every token naming a tier that is not configured (it never matches)."""
+        for token in self._current():
+            unknown = sorted((token.tiers or frozenset()) - set(tiers))
+            if unknown:
+                log.warning("API token %s names unknown tiers: %s", token.name, ", ".join(unknown))

@@ -287,7 +287,10 @@ def test_api_diff_json_csv_and_errors(rpm: Synced, served: Served) -> None:
     api = f"{served.api_url}/api/v1/repos/repo"
     reply = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev'})}")
     assert reply.status == 200, reply.body
-    assert reply.json() == _diff(rpm, "test", "dev")
+    doc = reply.json()
+    assert doc.pop("page") == {"offset": 0, "limit": 1000, "total": 6, "next_cursor": None, "next": None}
+    assert doc == _diff(rpm, "test", "dev")
+    assert "link" not in reply.headers
     reply = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev', 'format': 'csv'})}")
     assert reply.status == 200 and reply.headers["content-type"].startswith("text/csv")
     assert reply.body.decode().splitlines()[0] == "change,name,arch,from,to,type,severity,cves,packages"
@@ -302,6 +305,55 @@ def test_api_diff_json_csv_and_errors(rpm: Synced, served: Served) -> None:
         reply = http("GET", f"{api}/diff?{_q(**params)}")
         assert reply.status == status, (params, reply.body)
         assert set(reply.json()["error"]) == {"code", "message"}
+
+
+def test_case75_api_diff_pages_concatenate_to_the_whole_diff(rpm: Synced, served: Served) -> None:
+    """limit=2 over the 6 entries (1 added, 1 removed, 1 upgraded, 1 downgraded, 2 advisories):
+    three pages in a stable order, each naming the next (body and Link header), summary always
+    the whole diff's; JSON and CSV pages alike."""
+    api = f"{served.api_url}/api/v1/repos/repo"
+    whole = _diff(rpm, "test", "dev")
+    keys = ("added", "removed", "upgraded", "downgraded", "advisories")
+    expected = [(k, e) for k in keys for e in whole[k]]  # type: ignore[attr-defined]
+    seen: list[tuple[str, object]] = []
+    url: str | None = f"/api/v1/repos/repo/diff?{_q(**{'from': 'test', 'to': 'dev', 'limit': '2'})}"
+    offsets = []
+    while url is not None:
+        reply = http("GET", served.api_url + url)
+        assert reply.status == 200, reply.body
+        doc = reply.json()
+        page = doc["page"]
+        offsets.append(page["offset"])
+        assert page["limit"] == 2 and page["total"] == 6 and doc["summary"] == whole["summary"]
+        entries = [(k, e) for k in keys for e in doc[k]]
+        assert len(entries) <= 2
+        seen += entries
+        if page["next"] is not None:
+            assert reply.headers["link"] == f'<{page["next"]}>; rel="next"'
+            assert page["next_cursor"] in page["next"]
+        url = page["next"]
+    assert offsets == [0, 2, 4] and seen == expected
+    # CSV: the same pages as rows
+    rows: list[str] = []
+    url = f"/api/v1/repos/repo/diff?{_q(**{'from': 'test', 'to': 'dev', 'limit': '4', 'format': 'csv'})}"
+    while url is not None:
+        reply = http("GET", served.api_url + url)
+        assert reply.status == 200 and reply.headers["content-type"].startswith("text/csv")
+        rows += reply.body.decode().splitlines()[1:]
+        link = reply.headers.get("link")
+        url = link[1:link.index(">")] if link else None
+    full_csv = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev', 'format': 'csv'})}").body.decode()
+    assert rows == full_csv.splitlines()[1:] and len(rows) == 6
+    # bad limits and cursors: 400, never a 500
+    first = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev', 'limit': '2'})}").json()["page"]
+    cursor = first["next_cursor"]
+    for params in ({"limit": "0"}, {"limit": "10001"}, {"limit": "x"}, {"limit": "-1"},
+                   {"cursor": "not a cursor"}, {"cursor": "e30"}, {"cursor": cursor[:-3]},
+                   {"cursor": cursor, "from": "dev", "to": "test"}):
+        query = {"from": "test", "to": "dev", **params}
+        reply = http("GET", f"{api}/diff?{_q(**query)}")
+        assert reply.status == 400, (params, reply.body)
+        assert reply.json()["error"]["code"] == "invalid_request"
 
 
 def test_api_cve_and_pending_advisories(rpm: Synced, served: Served) -> None:

@@ -7,12 +7,17 @@ and methods included.
 
 Safety (HOSTILE.md 71-74): a mutating call (any method but GET/HEAD) needs
 `Authorization: Bearer TOKEN` (tokens from `[server] token_file`, compared in constant time; the
-token's name is the actor in the history) and a JSON body (`Content-Type: application/json`, so a
-cross-site form post cannot promote); GET never changes state; no CORS headers are sent. Reads
-are open unless `[server] read_auth = true`; `/healthz` is always open. A client address with too
-many failed authentications within a minute gets 429 for a while. Repo, tier and snapshot names
-are checked (`mirror.names`) before anything looks them up: malformed is 400, unknown 404. Every
-response carries the security headers (`mirror.web.repo.SECURITY_HEADERS`) and no CORS header.
+token's name is the actor in the history; its scope must cover the call: `read` tokens never
+mutate, `promote` tokens may promote and roll back only (into their `tiers`, when listed),
+`admin` tokens everything; an expired token is unknown) and a JSON body (`Content-Type:
+application/json`, so a cross-site form post cannot promote); GET never changes state; no CORS
+headers are sent. Reads are open unless `[server] read_auth = true`; `/healthz` is always open.
+A client address with too many failed authentications within a minute gets 429 for a while.
+Every refused call (401, 403, 429) is audited: a WARNING on the `mirror.audit` logger (token
+name if known, client, method, path, reason) and `mirror_api_refusals_total{status, reason}`.
+Repo, tier and snapshot names are checked (`mirror.names`) before anything looks them up:
+malformed is 400, unknown 404. Every response carries the security headers
+(`mirror.web.repo.SECURITY_HEADERS`) and no CORS header.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from aiohttp import hdrs, web
 from mirror import __version__
 from mirror.config import Settings
 from mirror.errors import (
+    ForbiddenError,
     InvalidRequestError,
     MirrorError,
     RateLimitedError,
@@ -44,14 +50,15 @@ from mirror.metrics import Metrics
 from mirror.model import utcnow
 from mirror.names import MAX_NAME_LENGTH, check_repo, check_snapshot, check_tier, name_problem
 from mirror.releases import ReleaseIssuer
-from mirror.store import Store, SyncRunRecord, TierMove
+from mirror.store import SnapshotDeletion, Store, SyncRunRecord, TierMove
 from mirror.tiers import UNSET, MoveResult, Tiers, TierView, Unset, parse_moment
-from mirror.tokens import TokenRing
+from mirror.tokens import ADMIN, PROMOTE, READ, Token, TokenRing
 from mirror.web.openapi import openapi_document
 from mirror.web.repo import add_security_headers
 from mirror.web.syncs import BackgroundSyncs
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("mirror.audit")
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -61,13 +68,15 @@ METRICS = web.AppKey("metrics", Metrics)
 SYNCS = web.AppKey("syncs", BackgroundSyncs)
 RELEASES = web.AppKey("releases", ReleaseIssuer)
 ACTOR = web.RequestKey("actor", str)
+TOKEN = web.RequestKey("token", Token)
 
 MAX_BODY = 64 * 1024
 MAX_TRACKED_CLIENTS = 10_000
 PUBLIC_PATHS = frozenset({"/healthz"})
 _BEARER_RE = re.compile(r"^Bearer +([\x21-\x7e]+) *$", re.IGNORECASE)
-_STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+_STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
+                 429: "rate_limited"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -154,8 +163,11 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return response
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    response = web.json_response(data, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+def _json(data: Any, status: int = 200, *, ascii_only: bool = False) -> web.Response:
+    """`ascii_only` for documents carrying upstream strings (diffs, advisories): every non-ASCII
+    character (C1 controls, U+202E and the like included) as a \\u escape (HOSTILE 45, 75)."""
+    response = web.json_response(data, status=status,
+                                 dumps=lambda v: json.dumps(v, ensure_ascii=ascii_only))
     response.headers[hdrs.CACHE_CONTROL] = "no-store"
     return response
 
@@ -195,32 +207,69 @@ def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _authenticate(request: web.Request) -> str:
-    """The token's name, or raise UnauthorizedError (recording the failure)."""
+def refuse(request: web.Request, status: int, reason: str, message: str, token: str | None = None) -> None:
+    """Audit a refused call (HOSTILE 71): one WARNING line on the `mirror.audit` logger with the
+    token's name (when known), the client address, method and path, and the
+    `mirror_api_refusals{status, reason}` counter."""
+    request.app[METRICS].api_refusals.labels(str(status), reason).inc()
+    audit.warning("refused %s %r from %s (token %s): %d %s: %s", request.method, request.path[:300],
+                  _client(request), token or "-", status, reason, message)
+
+
+def _authenticate(request: web.Request) -> Token:
+    """The presented token, or raise UnauthorizedError / RateLimitedError (audited, and a 401
+    counts as a failure for the rate limit)."""
     app = request.app
     limiter = app[LIMITER]
     client = _client(request)
-    limiter.check(client)
+    try:
+        limiter.check(client)
+    except RateLimitedError as exc:
+        refuse(request, 429, "rate_limited", str(exc))
+        raise
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
-    name: str | None = None
-    problem = "missing Authorization: Bearer TOKEN header"
+    token: Token | None = None
+    refused_name: str | None = None  # an expired token's name
+    reason, problem = "missing", "missing Authorization: Bearer TOKEN header"
     if len(values) > 1:
-        problem = "more than one Authorization header"
+        reason, problem = "malformed", "more than one Authorization header"
     elif values:
         match = _BEARER_RE.match(values[0])
         if match is None:
-            problem = "malformed Authorization header (expected: Bearer TOKEN)"
+            reason, problem = "malformed", "malformed Authorization header (expected: Bearer TOKEN)"
         else:
-            name = app[TOKENS].identify(match.group(1))
-            problem = "unknown token"
-            if name is None and not app[TOKENS].configured:
-                problem = "no API tokens are configured (server.token_file)"
-    if name is None:
+            token = app[TOKENS].find(match.group(1))
+            reason, problem = "unknown", "unknown token"
+            if token is None and not app[TOKENS].configured:
+                reason, problem = "no_tokens", "no API tokens are configured (server.token_file)"
+            elif token is not None and token.expired(utcnow()):
+                assert token.expires is not None
+                reason, problem = "expired", f"token expired at {token.expires.isoformat()}"
+                refused_name, token = token.name, None
+    if token is None:
         limiter.failed(client)
         app[METRICS].auth_failures.inc()
-        log.warning("API: refused %s %s from %s: %s", request.method, request.path, client, problem)
+        refuse(request, 401, reason, problem, refused_name)
         raise UnauthorizedError(problem)
-    return name
+    return token
+
+
+def _needed_scope(request: web.Request) -> str:
+    """What the matched route needs: `read` for GET/HEAD, else its entry in NEEDS (admin if none)."""
+    if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        return READ
+    handler = request.match_info.handler
+    return NEEDS.get(handler, ADMIN)
+
+
+def check_tier_allowed(request: web.Request, tier: str) -> None:
+    """403 unless the call's token may move `tier` (tier-scoped tokens, HOSTILE 71)."""
+    token = request.get(TOKEN)
+    if token is not None and not token.allows_tier(tier):
+        allowed = ", ".join(sorted(token.tiers or ()))
+        message = f"token {token.name} may move only the tiers {allowed}, not {tier}"
+        refuse(request, 403, "tier", message, token.name)
+        raise ForbiddenError(message)
 
 
 @web.middleware
@@ -229,7 +278,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     mutating = request.method not in (hdrs.METH_GET, hdrs.METH_HEAD)
     if mutating or (request.app[SETTINGS].server.read_auth and request.path not in PUBLIC_PATHS):
-        request[ACTOR] = _authenticate(request)
+        token = _authenticate(request)
+        needed = _needed_scope(request)
+        if not token.allows(needed):
+            message = f"token {token.name} has scope {token.scope}; this call needs {needed}"
+            refuse(request, 403, "scope", message, token.name)
+            raise ForbiddenError(message)
+        request[TOKEN] = token
+        request[ACTOR] = token.name
     if mutating and request.content_type != "application/json":
         raise UnsupportedMediaTypeError("a mutating call needs a JSON body (Content-Type: application/json)")
     return await handler(request)
@@ -372,6 +428,7 @@ async def promote(request: web.Request) -> web.Response:
     fields = _Fields(await _body(request), {"to", "from", "snapshot", "reason", "force", "expected"})
     to = fields.name("to", "tier", required=True)
     assert to is not None
+    check_tier_allowed(request, to)
     result = await asyncio.to_thread(
         request.app[TIERS].promote, repo, to, from_tier=fields.name("from", "tier"),
         snapshot=fields.name("snapshot", "snapshot"),
@@ -399,6 +456,7 @@ async def rollback(request: web.Request) -> web.Response:
     fields = _Fields(await _body(request), {"tier", "reason", "force", "expected"})
     tier = fields.name("tier", "tier", required=True)
     assert tier is not None
+    check_tier_allowed(request, tier)
     result = await asyncio.to_thread(
         request.app[TIERS].rollback, repo, tier, actor=request[ACTOR], reason=fields.text("reason"),
         force=fields.flag("force"), expected=fields.expected())
@@ -419,8 +477,9 @@ def history_document(tiers: Tiers, repo: str, *, tier: str | None = None, moment
     """Moves newest first (made at or before `moment`, if given) and what each tier served then."""
     moves = tiers.history(repo, tier=tier, until=moment, limit=limit)
     views = tiers.current(repo) if moment is None else tiers.at(repo, moment)
+    deletions = tiers.store.snapshot_deletions(repo, until=moment, limit=limit)
     return {"repo": repo, "tier": tier, "at": _time(moment), "tiers": _tier_map(views),
-            "moves": [move_json(m) for m in moves]}
+            "moves": [move_json(m) for m in moves], "deletions": [deletion_json(d) for d in deletions]}
 
 
 async def history(request: web.Request) -> web.Response:
@@ -448,9 +507,11 @@ def _query_text(request: web.Request, key: str, *, required: bool = False) -> st
 
 
 async def diff(request: web.Request) -> web.StreamResponse:
-    """`?from=&to=` (tier, snapshot id or TIER@TIME) -> the CONTRACT's diff; `&format=csv`: CSV."""
+    """`?from=&to=` (tier, snapshot id or TIER@TIME) -> the CONTRACT's diff, one page at a time
+    (`limit`, default 1000, at most 10000; `cursor` from the previous page's `page.next_cursor`,
+    also in `page.next` and a `Link: rel="next"` header); `&format=csv`: the same page as CSV."""
     from mirror.diff import diff_to_csv
-    from mirror.diffs import compute_diff
+    from mirror.diffs import DEFAULT_PAGE, diff_page
 
     repo = _repo(request)
     from_ref = _query_text(request, "from", required=True)
@@ -458,14 +519,30 @@ async def diff(request: web.Request) -> web.StreamResponse:
     fmt = _query_text(request, "format") or "json"
     if fmt not in ("json", "csv"):
         raise InvalidRequestError("format must be json or csv")
+    if len(request.query.getall("limit", [])) > 1:
+        raise InvalidRequestError("query parameter 'limit' given more than once")
+    limit = _query_limit(request, DEFAULT_PAGE)
+    values = request.query.getall("cursor", [])
+    if len(values) > 1:
+        raise InvalidRequestError("query parameter 'cursor' given more than once")
+    cursor = values[0] if values else None
     assert from_ref is not None and to_ref is not None
-    result = await asyncio.to_thread(compute_diff, request.app[STORE], request.app[SETTINGS], repo, from_ref,
-                                     to_ref)
+    page = await asyncio.to_thread(diff_page, request.app[STORE], request.app[SETTINGS], repo, from_ref,
+                                   to_ref, limit=limit, cursor=cursor)
+    following = None
+    if page.next_cursor is not None:
+        following = str(request.rel_url.update_query(cursor=page.next_cursor))
+    headers = {hdrs.CACHE_CONTROL: "no-store"}
+    if following is not None:
+        headers[hdrs.LINK] = f'<{following}>; rel="next"'
     if fmt == "csv":
-        text = await asyncio.to_thread(diff_to_csv, result.diff)
-        return web.Response(text=text, content_type="text/csv", charset="utf-8",
-                            headers={hdrs.CACHE_CONTROL: "no-store"})
-    return _json(await asyncio.to_thread(result.as_json))
+        text = await asyncio.to_thread(diff_to_csv, page.result.diff)
+        return web.Response(text=text, content_type="text/csv", charset="utf-8", headers=headers)
+    doc = await asyncio.to_thread(page.as_json)
+    doc["page"]["next"] = following
+    response = _json(doc, ascii_only=True)
+    response.headers.update(headers)
+    return response
 
 
 async def cve(request: web.Request) -> web.Response:
@@ -474,7 +551,7 @@ async def cve(request: web.Request) -> web.Response:
 
     ident = check_cve(request.match_info["cve"])
     report = await asyncio.to_thread(cve_report, request.app[STORE], request.app[SETTINGS], ident)
-    return _json(report.as_json())
+    return _json(report.as_json(), ascii_only=True)
 
 
 async def advisories(request: web.Request) -> web.Response:
@@ -487,7 +564,24 @@ async def advisories(request: web.Request) -> web.Response:
     not_in = _query_text(request, "not_in")
     kind = _query_text(request, "type")
     return _json(await asyncio.to_thread(pending_advisories, request.app[STORE], request.app[SETTINGS], repo,
-                                         in_ref, not_in, kind))
+                                         in_ref, not_in, kind), ascii_only=True)
+
+
+def deletion_json(d: SnapshotDeletion) -> dict[str, Any]:
+    return {"id": d.id, "repo": d.repo, "snapshot": d.snapshot, "at": _time(d.at), "actor": d.actor,
+            "reason": d.reason, "created": _time(d.created), "packages": d.packages, "bytes": d.bytes}
+
+
+async def delete_snapshot(request: web.Request) -> web.Response:
+    """`{"reason"?}` -> the deletion record; 409 while a tier needs the snapshot (mirror.snapshot_delete)."""
+    from mirror.snapshot_delete import delete_snapshot as delete
+
+    repo = _repo(request)
+    snapshot = check_snapshot(request.match_info["snapshot"])
+    fields = _Fields(await _body(request, allow_empty=True), {"reason"})
+    record = await asyncio.to_thread(delete, request.app[STORE], request.app[SETTINGS], repo, snapshot,
+                                     actor=request[ACTOR], reason=fields.text("reason"))
+    return _json(deletion_json(record))
 
 
 async def start_sync(request: web.Request) -> web.Response:
@@ -562,6 +656,11 @@ async def healthz(request: web.Request) -> web.Response:
     return _json(body, status=503 if problems else 200)
 
 
+#: the scope a mutating route needs beyond `read` (any other mutating route needs `admin`)
+NEEDS: dict[Any, str] = {promote: PROMOTE, rollback: PROMOTE, delete_snapshot: ADMIN, start_sync: ADMIN,
+                         run_gc: ADMIN}
+
+
 def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None = None,
                  metrics: Metrics | None = None, syncs: BackgroundSyncs | None = None,
                  limiter: AuthLimiter | None = None,
@@ -575,6 +674,7 @@ def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None =
     if releases is not None:
         app[RELEASES] = releases
     app[TOKENS] = tokens if tokens is not None else TokenRing(settings.server.token_file)
+    app[TOKENS].check_tiers(settings.tiers)  # a warning per token naming a tier that does not exist
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[SYNCS] = syncs if syncs is not None else BackgroundSyncs(settings)
     app[LIMITER] = limiter if limiter is not None else AuthLimiter()
@@ -584,6 +684,7 @@ def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None =
     router = app.router
     router.add_get("/api/v1/repos", list_repos)
     router.add_get("/api/v1/repos/{repo}/snapshots", list_snapshots)
+    router.add_post("/api/v1/repos/{repo}/snapshots/{snapshot}/delete", delete_snapshot)
     router.add_get("/api/v1/tiers", list_tiers)
     router.add_post("/api/v1/repos/{repo}/promote", promote)
     router.add_post("/api/v1/repos/{repo}/rollback", rollback)

@@ -33,8 +33,10 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "malformed request", 401: "no valid token", 404: "unknown repo, tier or snapshot",
-            409: "conflict (tier moved, nothing to roll back, sync running)",
+    text = {400: "malformed request", 401: "no valid token (missing, malformed, unknown or expired)",
+            403: "the token's scope or tiers do not cover this call",
+            404: "unknown repo, tier or snapshot",
+            409: "conflict (tier moved, nothing to roll back, sync running, snapshot in use)",
             413: "body too large", 415: "the body must be JSON (Content-Type: application/json)",
             422: "refused by the tier policy (force to override)", 429: "too many failed authentications",
             501: "not implemented yet"}
@@ -42,7 +44,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 _READ_ERRORS = (401, 429)
-_WRITE_ERRORS = (400, 401, 413, 415, 429)
+_WRITE_ERRORS = (400, 401, 403, 413, 415, 429)
 
 
 def _repo_schema(repos: Sequence[str]) -> dict[str, Any]:
@@ -123,11 +125,27 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
         },
         "History": {
             "type": "object", "additionalProperties": False,
-            "required": ["repo", "tier", "at", "tiers", "moves"],
+            "required": ["repo", "tier", "at", "tiers", "moves", "deletions"],
             "properties": {"repo": {"type": "string"}, "tier": _nullable({"type": "string"}),
                            "at": _nullable({"type": "string", "format": "date-time"}),
                            "tiers": _ref("TierMap"),
-                           "moves": {"type": "array", "items": _ref("Move")}},
+                           "moves": {"type": "array", "items": _ref("Move")},
+                           "deletions": {"type": "array", "items": _ref("SnapshotDeletion")}},
+        },
+        "SnapshotDeletion": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "repo", "snapshot", "at", "actor", "reason", "created", "packages", "bytes"],
+            "properties": {"id": {"type": "integer"}, "repo": {"type": "string"},
+                           "snapshot": {"type": "string", "pattern": SNAPSHOT_PATTERN},
+                           "at": {"type": "string", "format": "date-time"}, "actor": {"type": "string"},
+                           "reason": _nullable({"type": "string"}),
+                           "created": {"type": "string", "format": "date-time"},
+                           "packages": {"type": "integer", "minimum": 0},
+                           "bytes": {"type": "integer", "minimum": 0}},
+        },
+        "DeleteSnapshotRequest": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"reason": {"type": "string", "maxLength": 2000}},
         },
         "PromoteRequest": {
             "type": "object", "additionalProperties": False, "required": ["to"],
@@ -232,7 +250,7 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
         "Diff": {
             "type": "object", "additionalProperties": False,
             "required": ["repo", "from", "to", "added", "removed", "upgraded", "downgraded", "advisories",
-                         "summary"],
+                         "summary", "page"],
             "properties": {
                 "repo": {"type": "string"}, "from": _ref("SideRef"), "to": _ref("SideRef"),
                 "added": {"type": "array", "items": _ref("PackageVersion")},
@@ -241,9 +259,21 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
                 "downgraded": {"type": "array", "items": _ref("VersionChange")},
                 "advisories": {"type": "array", "items": _ref("AdvisoryRef")},
                 "summary": {"type": "object", "additionalProperties": False,
+                            "description": "counts of the whole diff, not of this page",
                             "required": ["added", "removed", "upgraded", "downgraded", "advisories"],
                             "properties": {k: {"type": "integer", "minimum": 0} for k in
                                            ("added", "removed", "upgraded", "downgraded", "advisories")}},
+                "page": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "entries offset.. of the sequence added, removed, upgraded, downgraded, "
+                                   "advisories; the lists above hold only this page's",
+                    "required": ["offset", "limit", "total", "next_cursor", "next"],
+                    "properties": {"offset": {"type": "integer", "minimum": 0},
+                                   "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                   "total": {"type": "integer", "minimum": 0},
+                                   "next_cursor": _nullable({"type": "string"}),
+                                   "next": _nullable({"type": "string",
+                                                      "description": "the next page's path and query"})}},
             },
         },
         "PendingAdvisories": {
@@ -312,6 +342,17 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("RollbackRequest")}}},
             "responses": {"200": _json_response("the move", _ref("MoveResult")),
                           **_errors(*_WRITE_ERRORS, 404, 409, 422)}}},
+        "/api/v1/repos/{repo}/snapshots/{snapshot}/delete": {"post": {
+            "operationId": "deleteSnapshot",
+            "summary": "delete a snapshot no tier serves, may roll back to or served within the grace "
+                       "window, and that is not the repo's newest (409 with the reasons otherwise); "
+                       "gc reclaims its files",
+            "security": write_security,
+            "parameters": [repo_param, {"name": "snapshot", "in": "path", "required": True,
+                                        "schema": {"type": "string", "pattern": SNAPSHOT_PATTERN}}],
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("DeleteSnapshotRequest")}}},
+            "responses": {"200": _json_response("the deletion, as recorded", _ref("SnapshotDeletion")),
+                          **_errors(*_WRITE_ERRORS, 404, 409)}}},
         "/api/v1/repos/{repo}/history": {"get": {
             "security": read_security,
             "operationId": "history", "summary": "tier moves, newest first",
@@ -330,8 +371,14 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
                             "description": "a tier, a snapshot id or TIER@TIME"},
                            {"name": "to", "in": "query", "required": True, "schema": ref_schema},
                            {"name": "format", "in": "query", "required": False,
-                            "schema": {"type": "string", "enum": ["json", "csv"]}}],
-            "responses": {"200": {"description": "the diff (as `mirror diff --json`, or CSV)", "content": {
+                            "schema": {"type": "string", "enum": ["json", "csv"]}},
+                           {**_limit_param(), "description": "entries per page (default 1000)"},
+                           {"name": "cursor", "in": "query", "required": False,
+                            "description": "the previous page's page.next_cursor",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                                       "pattern": "^[A-Za-z0-9_-]+$"}}],
+            "responses": {"200": {"description": "a page of the diff (as `mirror diff --json`, or CSV); "
+                                                 "a Link rel=next header names the next page", "content": {
                 JSON: {"schema": _ref("Diff")}, "text/csv": {"schema": {"type": "string"}}}},
                           **_errors(*_READ_ERRORS, 400, 404)}}},
         "/api/v1/repos/{repo}/advisories": {"get": {
