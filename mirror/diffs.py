@@ -225,11 +225,14 @@ class DiffPage:
 
 
 def diff_page(store: Store, settings: Settings, repo: str, from_ref: str, to_ref: str, *,
-              limit: int = DEFAULT_PAGE, cursor: str | None = None) -> DiffPage:
+              limit: int | None = DEFAULT_PAGE, cursor: str | None = None) -> DiffPage:
     """A page of the diff FROM -> TO: at most `limit` entries of the sequence added, removed,
     upgraded, downgraded, advisories, from the offset `cursor` says (the start without one).
-    The diff is computed once per pair of snapshots (`cached_diff`); a page costs its size."""
-    if not 1 <= limit <= MAX_PAGE:
+    The diff is computed once per pair of snapshots (`cached_diff`); a page costs its size.
+    `limit` None (no cursor): the whole diff in one page."""
+    if limit is None and cursor is not None:
+        limit = DEFAULT_PAGE
+    if limit is not None and not 1 <= limit <= MAX_PAGE:
         raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_PAGE}")
     kind = settings.repo(repo).type
     if cursor is None:
@@ -246,6 +249,8 @@ def diff_page(store: Store, settings: Settings, repo: str, from_ref: str, to_ref
     assert a.snapshot is not None and b.snapshot is not None
     full = cached_diff(store, kind, repo, a.snapshot, b.snapshot)
     total = len(full)
+    if limit is None:
+        limit = max(total, 1)
     end = offset + limit
     following = encode_cursor(from_ref, to_ref, a.snapshot, b.snapshot, end) if end < total else None
     return DiffPage(DiffResult(repo, kind, a, b, full.page(offset, limit)), full.summary(), offset, limit,

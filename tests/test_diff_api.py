@@ -288,7 +288,8 @@ def test_api_diff_json_csv_and_errors(rpm: Synced, served: Served) -> None:
     reply = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev'})}")
     assert reply.status == 200, reply.body
     doc = reply.json()
-    assert doc.pop("page") == {"offset": 0, "limit": 1000, "total": 6, "next_cursor": None, "next": None}
+    # no limit and no cursor: the whole diff, as `mirror diff --json` (CONTRACT)
+    assert doc.pop("page") == {"offset": 0, "limit": 6, "total": 6, "next_cursor": None, "next": None}
     assert doc == _diff(rpm, "test", "dev")
     assert "link" not in reply.headers
     reply = http("GET", f"{api}/diff?{_q(**{'from': 'test', 'to': 'dev', 'format': 'csv'})}")

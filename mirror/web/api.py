@@ -507,9 +507,10 @@ def _query_text(request: web.Request, key: str, *, required: bool = False) -> st
 
 
 async def diff(request: web.Request) -> web.StreamResponse:
-    """`?from=&to=` (tier, snapshot id or TIER@TIME) -> the CONTRACT's diff, one page at a time
-    (`limit`, default 1000, at most 10000; `cursor` from the previous page's `page.next_cursor`,
-    also in `page.next` and a `Link: rel="next"` header); `&format=csv`: the same page as CSV."""
+    """`?from=&to=` (tier, snapshot id or TIER@TIME) -> the CONTRACT's diff: whole, or one page at
+    a time with `limit` (at most 10000) and then `cursor` (from the previous page's
+    `page.next_cursor`, also in `page.next` and a `Link: rel="next"` header; a cursor without a
+    limit pages by 1000); `&format=csv`: the same as CSV."""
     from mirror.diff import diff_to_csv
     from mirror.diffs import DEFAULT_PAGE, diff_page
 
@@ -521,11 +522,12 @@ async def diff(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("format must be json or csv")
     if len(request.query.getall("limit", [])) > 1:
         raise InvalidRequestError("query parameter 'limit' given more than once")
-    limit = _query_limit(request, DEFAULT_PAGE)
     values = request.query.getall("cursor", [])
     if len(values) > 1:
         raise InvalidRequestError("query parameter 'cursor' given more than once")
     cursor = values[0] if values else None
+    # Neither limit nor cursor: the whole diff, as `mirror diff --json` (CONTRACT.md).
+    limit = _query_limit(request, DEFAULT_PAGE) if "limit" in request.query or cursor else None
     assert from_ref is not None and to_ref is not None
     page = await asyncio.to_thread(diff_page, request.app[STORE], request.app[SETTINGS], repo, from_ref,
                                    to_ref, limit=limit, cursor=cursor)
