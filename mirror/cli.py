@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repos", nargs="*", metavar="REPO")
     p.add_argument("--allow-rollback", action="store_true",
                    help="accept upstream metadata older than the last accepted (this run only)")
+    p.add_argument("--accept-identity-change", action="store_true",
+                   help="accept a Release whose Origin/Label/Suite/Codename changed since the last "
+                        "accepted snapshot (this run only; recorded in the run)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
     p = sub.add_parser("snapshots", help="a repo's snapshots, newest first; `snapshots delete REPO ID` "
@@ -182,10 +185,12 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 
         with live_progress(progresses.values()):
             results = asyncio.run(sync_repos(settings, names, store, progresses.__getitem__,
-                                             allow_rollback=args.allow_rollback))
+                                             allow_rollback=args.allow_rollback,
+                                             accept_identity_change=args.accept_identity_change))
     else:
         results = asyncio.run(sync_repos(settings, names, store, progresses.__getitem__,
-                                         allow_rollback=args.allow_rollback))
+                                         allow_rollback=args.allow_rollback,
+                                         accept_identity_change=args.accept_identity_change))
     for r in results:
         if r.error is not None:
             print(f"{r.repo}: error: {r.error}")

@@ -231,3 +231,11 @@ class SnapshotInUseError(ConflictError):
     grace window, or it is the repo's newest (HOSTILE 73). The message says which."""
 
     code = "snapshot_in_use"
+
+
+class IdentityChangeError(UpstreamError):
+    """A validly signed Release whose Origin, Label, Suite or Codename differs from the last
+    accepted snapshot's (apt asks for `--allow-releaseinfo-change`; we for
+    `mirror sync --accept-identity-change`)."""
+
+    code = "release_identity_changed"

@@ -161,6 +161,10 @@ class _BlobWriter:
         expected, what = self.expected, self.what
         assert self.file is not None and self.name is not None
         try:
+            if self.pool.path_for(self.digest.hexdigest()).exists():
+                # Replacing a name a tier may serve: the new bytes go to disk first, or a power
+                # loss right after the rename could leave that name empty (HOSTILE 57).
+                os.fsync(self.file.fileno())
             self.file.close()
         except OSError as exc:
             raise storage_error(exc, what) from exc

@@ -1,7 +1,7 @@
 """Metadata the mirror regenerates for a filtered APT snapshot, signed with the mirror's key.
 
 A filtered repo (mirror.filters; with `with_deps`, plus what the kept packages need from the same
-index, mirror.dependencies) cannot serve the upstream's signed files: they
+suite, mirror.dependencies) cannot serve the upstream's signed files: they
 list packages the snapshot does not have. For each suite the mirror writes instead:
 
 - per component and architecture, a `Packages` (plain, gz, xz) holding exactly the kept
@@ -49,6 +49,46 @@ def signer_for(ctx: SyncContext) -> MirrorSigner:
         raise ConfigError("package filters need [signing]: the filtered metadata is signed by the mirror",
                           repo=ctx.repo.name)
     return MirrorSigner.load(signing.gnupghome, signing.key)
+
+
+def filter_suite(flt: PackageFilter, indices: Sequence[tuple[str, bytes]], *, suite: str,
+                 ) -> list[tuple[list[BinaryPackage], bytes]]:
+    """Blocking: `filter_packages` for every Packages index of a suite (`indices`: path and verified
+    content, `.../binary-<arch>/Packages`), in order. With `with_deps`, what the kept packages
+    need is resolved across the whole suite, one architecture at a time: a package in one
+    component may need one in another (contrib on main), and `Architecture: all` packages (the
+    `binary-all` index) count for every architecture."""
+    if not flt.with_deps:
+        return [filter_packages(flt, data, what=what) for what, data in indices]
+    parsed = [(what, packages_paragraphs(data, what=what)) for what, data in indices]
+    arch_of = [what.rsplit("/binary-", 1)[-1].split("/", 1)[0] for what, _ in parsed]
+    archs = sorted({a for a in arch_of if a != "all"}) or ["all"]
+    kept: list[set[int]] = [set() for _ in parsed]
+    for arch in archs:
+        members = [(n, i) for n, (_, pairs) in enumerate(parsed) if arch_of[n] in (arch, "all")
+                   for i in range(len(pairs))]
+
+        def pair(member: tuple[int, int]) -> tuple[BinaryPackage, bytes]:
+            return parsed[member[0]][1][member[1]]
+
+        def ident(member: tuple[int, int]) -> tuple[str, str, str]:
+            p = pair(member)[0]
+            return p.name, p.arch, p.version
+
+        def needs(member: tuple[int, int]) -> PackageNeeds:
+            p, text = pair(member)
+            return package_needs(p, text, what=parsed[member[0]][0])
+
+        selection = flt.select_with_deps(members, ident, needs)
+        report_unresolved(flt, selection.unresolved, what=f"dists/{suite} ({arch})")
+        for n, i in selection.kept:
+            kept[n].add(i)
+    out: list[tuple[list[BinaryPackage], bytes]] = []
+    for (_, pairs), chosen in zip(parsed, kept, strict=True):
+        rows = [pairs[i] for i in sorted(chosen)]
+        text = b"\n\n".join(t for _, t in rows) + (b"\n" if rows else b"")
+        out.append(([p for p, _ in rows], text))
+    return out
 
 
 def filter_packages(flt: PackageFilter, data: bytes, *, what: str) -> tuple[list[BinaryPackage], bytes]:

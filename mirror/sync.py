@@ -97,6 +97,8 @@ class SyncContext:
     recorded: set[str] = field(default_factory=set)
     recorded_loaded: bool = False  # `recorded` holds every wanted digest the database has
     advisories: Sequence[Advisory] = ()  # parsed from verified metadata (RPM updateinfo), committed along
+    accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
+    notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
 
     def url(self, path: str) -> str:
         return self.repo.url + path
@@ -235,7 +237,8 @@ def _older_revision(new: str | None, old: str | None) -> bool:
 
 
 async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetcher: Fetcher,
-                    progress: Progress | None = None, *, allow_rollback: bool = False) -> SyncResult:
+                    progress: Progress | None = None, *, allow_rollback: bool = False,
+                    accept_identity_change: bool = False) -> SyncResult:
     """Sync one repo. Never raises for the repo's own failures: they are in the result."""
     progress = progress or Progress(repo=repo.name)
     root = settings.storage.root
@@ -258,12 +261,14 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                     raise ConfigError(f"keyring {repo.keyring}: {exc}", repo=repo.name) from None
                 ctx = SyncContext(settings=settings, repo=repo, fetcher=fetcher, pool=pool, store=store,
                                   keyring=keyring, tmp=tmp, now=utcnow(), progress=progress,
-                                  semaphore=asyncio.Semaphore(settings.sync.max_parallel_downloads))
+                                  semaphore=asyncio.Semaphore(settings.sync.max_parallel_downloads),
+                                  accept_identity_change=accept_identity_change)
                 snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
             finally:
                 await asyncio.to_thread(_rmtree, tmp)
         outcome = "unchanged" if snapshot is None else "snapshot"
-        await _finish_run(store, run_id, outcome, progress, snapshot=snapshot)
+        await _finish_run(store, run_id, outcome, progress, snapshot=snapshot,
+                          note="; ".join(ctx.notes) if ctx is not None and ctx.notes else None)
         progress.update(phase=outcome)
         return SyncResult(repo=repo.name, snapshot=snapshot, files=progress.files_done,
                           bytes=progress.bytes_done)
@@ -280,13 +285,14 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
 
 
 async def _finish_run(store: Store, run_id: int, outcome: str, progress: Progress, *,
-                      snapshot: str | None = None, error: MirrorError | None = None) -> None:
+                      snapshot: str | None = None, error: MirrorError | None = None,
+                      note: str | None = None) -> None:
     """Record how the run ended. If even that fails (a full disk), say so and go on: the outcome
     itself stands, and the next sync closes the run as interrupted."""
     try:
         await asyncio.to_thread(store.finish_sync_run, run_id, outcome, snapshot=snapshot,
                                 error_code=error.code if error else None,
-                                message=str(error) if error else None,
+                                message=str(error) if error else note,
                                 files=progress.files_done, size=progress.bytes_done)
     except MirrorError as exc:
         log.error("%s: cannot record the end of sync run %d (%s): %s", progress.repo, run_id, outcome, exc)
@@ -388,14 +394,16 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
 
 async def sync_repos(settings: Settings, names: Sequence[str], store: Store,
                      progress_for: Callable[[str], Progress] | None = None,
-                     *, allow_rollback: bool = False) -> list[SyncResult]:
+                     *, allow_rollback: bool = False,
+                     accept_identity_change: bool = False) -> list[SyncResult]:
     """Sync several repos in parallel with one HTTP session; one failing repo never stops the others."""
     repos = [settings.repo(n) for n in names] if names else list(settings.repos)
     policy = FetchPolicy(connect_timeout=settings.sync.connect_timeout,
                          read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
     async with Fetcher(policy) as fetcher:
         tasks = [sync_repo(settings, r, store, fetcher,
-                           progress_for(r.name) if progress_for else None, allow_rollback=allow_rollback)
+                           progress_for(r.name) if progress_for else None, allow_rollback=allow_rollback,
+                           accept_identity_change=accept_identity_change)
                  for r in repos]
         return list(await asyncio.gather(*tasks))
 

@@ -18,7 +18,7 @@ from mirror.dependencies import PackageNeeds, Relation, resolve
 from mirror.errors import ConfigError
 from mirror.filters import PackageFilter, parse_constraints, satisfies
 from mirror.formats.deb import BinaryPackage, package_needs
-from mirror.regenerate import filter_packages
+from mirror.regenerate import filter_packages, filter_suite
 from mirror.sync import plan_key
 from tests.test_filters import _config, mirror_key, signing_toml
 
@@ -144,6 +144,38 @@ def test_libsolv_orders_deb_versions_as_dpkg() -> None:
     assert _names(universe, resolve("deb", universe, [3]).added) == ["libfoo-1.0~rc1"]
     assert _names(universe, resolve("deb", universe, [4]).added) == ["libfoo-1:0.5"]  # epoch 1 > 1.0
     assert _names(universe, resolve("deb", universe, [5]).added) == ["libfoo-1.0"]
+
+
+def _index(*stanzas: tuple[str, str, str, str]) -> bytes:
+    """A Packages text of (name, version, architecture, extra fields) stanzas."""
+    return b"\n\n".join(
+        (f"Package: {n}\nVersion: {v}\nArchitecture: a\nFilename: pool/{n}_{v}.deb\nSize: 1\n"
+         f"SHA256: {'0' * 64}\n" + (f"{extra}\n" if extra else "") + "Description: x").replace(
+            "Architecture: a", f"Architecture: {a}").encode()
+        for n, v, a, extra in stanzas) + b"\n"
+
+
+def test_deb_needs_are_resolved_across_the_components_and_the_all_index_of_a_suite() -> None:
+    """A package in contrib needs one in main, which needs an `Architecture: all` package listed
+    only in binary-all: each comes from the index that lists it, per architecture."""
+    indices = [
+        ("dists/stable/main/binary-amd64/Packages",
+         _index(("libmain", "1.0", "amd64", "Depends: data-common"), ("other", "1", "amd64", ""))),
+        ("dists/stable/main/binary-arm64/Packages",
+         _index(("libmain", "1.0", "arm64", "Depends: data-common"), ("other", "1", "arm64", ""))),
+        ("dists/stable/main/binary-all/Packages",
+         _index(("data-common", "2.0", "all", ""), ("docs", "1", "all", ""))),
+        ("dists/stable/contrib/binary-amd64/Packages",
+         _index(("driver", "3.0", "amd64", "Depends: libmain (>= 1.0)"))),
+        ("dists/stable/contrib/binary-arm64/Packages", _index(("unused", "1", "arm64", ""))),
+    ]
+    flt = PackageFilter("deb", include=("driver",), with_deps=True, repo="deb")
+    kept = [sorted(f"{p.name}-{p.version}" for p in packages)
+            for packages, _ in filter_suite(flt, indices, suite="stable")]
+    assert kept == [["libmain-1.0"], [], ["data-common-2.0"], ["driver-3.0"], []]
+    # without with_deps every index is filtered on its own, as before
+    plain = PackageFilter("deb", include=("driver", "docs"), repo="deb")
+    assert [len(packages) for packages, _ in filter_suite(plain, indices, suite="stable")] == [0, 0, 1, 1, 0]
 
 
 def test_deb_closure_alternatives_virtual_packages_and_versions(caplog: pytest.LogCaptureFixture) -> None:
@@ -466,3 +498,57 @@ def test_filtered_apt_snapshot_with_dependencies(tmp_path: Path, archive_key: Si
         assert ok(install := apt.install_download_only("tool")), describe(install)
         assert sorted(p.name for p in apt.downloaded()) == [
             "libhello_1.1-1_amd64.deb", "postfix_3.7-1_amd64.deb", "tool_2.0-1_amd64.deb"]
+
+
+def test_filtered_apt_suite_resolves_contrib_on_main_in_a_sync(tmp_path: Path, archive_key: SigningKey,
+                                                              mirror_key: SigningKey) -> None:
+    from fixtures.apt_repo import AptRepo, DebPackage
+    from fixtures.upstream import UpstreamServer
+    from tests.helpers import write_config
+
+    upstream = AptRepo(tmp_path / "upstream", archive_key, suite="stable", components=("main", "contrib"))
+    upstream.add(DebPackage("libmain", "1.0-1"), DebPackage("other", "1.0-1"))
+    upstream.add(DebPackage("driver", "3.0-1", depends="libmain (>= 1.0)"), component="contrib")
+    upstream.publish(date=datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
+    keyring = archive_key.write_public(tmp_path / "keys" / "archive.asc")
+    with UpstreamServer(upstream.root) as server:
+        mirror = write_config(tmp_path / "mirror", server.url, keyring, name="deb",
+                              extra_top=signing_toml(mirror_key),
+                              extra_repo='include = ["driver"]\nwith_deps = true')
+        mirror.config.write_text(mirror.config.read_text().replace(
+            'components = ["main"]', 'components = ["main", "contrib"]'))
+        (result,) = mirror.sync("deb")
+        assert result.ok and result.snapshot, result.error
+        assert server.count(upstream.url_path_of("other", "1.0-1")) == 0
+    store = mirror.store()
+    try:
+        manifest = store.manifest("deb", result.snapshot)
+    finally:
+        store.close()
+    assert sorted(e.path for e in manifest.values() if e.package) == [
+        "pool/contrib/d/driver/driver_3.0-1_amd64.deb", "pool/main/libm/libmain/libmain_1.0-1_amd64.deb"]
+    assert {"dists/stable/main/binary-amd64/Packages.xz",
+            "dists/stable/contrib/binary-amd64/Packages.xz"} <= set(manifest)
+
+
+@pytest.mark.parametrize("compress", ["gz", "xz", "zst"])
+def test_dependency_parse_refuses_a_dtd_inside_a_compressed_primary(tmp_path: Path, compress: str) -> None:
+    """parse_primary_needs reads the verified primary as upstream compressed it: its prolog check
+    looks at the decompressed bytes (HOSTILE 40), however far into the prolog the DTD is."""
+    import gzip
+    import lzma
+
+    import zstandard
+
+    from mirror.errors import MalformedMetadataError
+    from mirror.formats.rpm import parse_primary_needs
+
+    xml = ('<?xml version="1.0"?>\n<!--' + "x" * 8000 + '-->\n<!DOCTYPE metadata SYSTEM '
+           '"http://127.0.0.1:9/x.dtd">\n<metadata xmlns="http://linux.duke.edu/metadata/common" '
+           'packages="0"></metadata>\n').encode()
+    packed = {"gz": gzip.compress, "xz": lzma.compress,
+              "zst": zstandard.ZstdCompressor().compress}[compress](xml)
+    path = tmp_path / f"primary.xml.{compress}"
+    path.write_bytes(packed)
+    with pytest.raises(MalformedMetadataError, match=r"DOCTYPE|DTD|doctype"):
+        parse_primary_needs(path, what="repodata/primary.xml")

@@ -152,6 +152,23 @@ def _new_member(kind: str) -> _Member:
 _DECODE_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, zstandard.ZstdError)
 
 
+def decompressed_head(src: Path, kind: str, size: int, *, what: str) -> bytes:
+    """The first `size` bytes (or fewer, at its end) of the first member of `src` decompressed:
+    enough to look at an XML prolog without decompressing the whole file."""
+    member = _new_member(kind)
+    out = bytearray()
+    try:
+        with src.open("rb") as f:
+            while len(out) < size and not member.eof and (data := f.read(65536)):
+                for chunk in member.feed(data):
+                    out += chunk
+                    if len(out) >= size:
+                        break
+    except _DECODE_ERRORS as exc:
+        raise MalformedMetadataError(f"is not valid {kind} data: {exc}", path=what) from None
+    return bytes(out[:size])
+
+
 def decompress_file(src: Path, kind: str, *, cap: int, what: str) -> bytes:
     """The decompressed content of ``src``, at most ``cap`` bytes, complete and checked."""
     out = io.BytesIO()

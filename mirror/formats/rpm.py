@@ -135,13 +135,70 @@ class RpmPackageEntry:
         return f"{self.epoch}:{evr}" if self.epoch not in ("", "0") else evr
 
 
+_MAGIC = {
+    b"\x1f\x8b": "gz",
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bz2",
+    b"\x28\xb5\x2f\xfd": "zst",
+    b"\x00ZCK1": "zck",
+}
+_PROLOG_LIMIT = 1 << 20  # the root element must start within the first MiB
+
+
+def check_prolog(path: Path, *, what: str, hint: str = "", compressed: bool = False) -> None:
+    """Blocking: refuse compressed input, non-UTF-8 input and any DTD in an XML file, looking only
+    at what precedes the root element (a DTD can be nowhere else; entities can only be declared
+    in one), however long the prolog is up to a MiB (HOSTILE 39, 40). `compressed`: a gz, xz,
+    bz2 or zst file (as createrepo_c reads it) is looked at decompressed instead of refused."""
+    with path.open("rb") as f:
+        head = f.read(_PROLOG_LIMIT)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic) and compressed and kind != "zck":  # what the parser will read
+            from mirror.formats.compression import decompressed_head
+
+            head = decompressed_head(path, kind, _PROLOG_LIMIT, what=what)
+            break
+        if head.startswith(magic):
+            raise MalformedMetadataError(
+                f"is {kind}-compressed: decompress it first (bounded, with "
+                f"mirror.formats.compression.decompress_to_file{', ' + hint if hint else ''})", path=what)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4]:
+        raise MalformedMetadataError("only UTF-8 XML is accepted", path=what)
+    pos = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+    n = len(head)
+    while True:
+        while pos < n and head[pos] in b" \t\r\n":
+            pos += 1
+        if pos >= n:
+            if n >= _PROLOG_LIMIT:
+                raise MalformedMetadataError("no root element in the first MiB", path=what)
+            raise MalformedMetadataError("no root element (empty or truncated document)", path=what)
+        if head.startswith(b"<?", pos):
+            end = head.find(b"?>", pos + 2)
+            step = 2
+        elif head.startswith(b"<!--", pos):
+            end = head.find(b"-->", pos + 4)
+            step = 3
+        elif head.startswith(b"<!", pos):
+            refuse_dtd(head[pos:pos + 16], what=what)  # <!DOCTYPE / <!ENTITY: refused by name
+            raise MalformedMetadataError("markup declaration before the root element", path=what)
+        elif head.startswith(b"<", pos):
+            return  # the root element: no DTD before it
+        else:
+            raise MalformedMetadataError("text before the root element", path=what)
+        if end < 0:
+            raise MalformedMetadataError("unterminated comment or processing instruction in the prolog",
+                                         path=what)
+        pos = end + step
+
+
 def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
     """Blocking: stream-parse an uncompressed (or compressed) primary.xml already verified."""
     import createrepo_c as cr
 
+    check_prolog(path, what=what)
     with path.open("rb") as f:
         head = f.read(4096)
-    refuse_dtd(head, what=what)
     declared = _PACKAGES_ATTR.search(head)
     out: list[RpmPackageEntry] = []
     warnings: list[str] = []
@@ -198,6 +255,7 @@ def parse_primary_needs(path: Path, *, what: str) -> dict[str, PackageNeeds]:
 
     from mirror.dependencies import PackageNeeds
 
+    check_prolog(path, what=what, compressed=True)
     out: dict[str, PackageNeeds] = {}
     warnings: list[str] = []
 

@@ -31,20 +31,12 @@ from typing import Any
 from mirror.diff import Advisory, AdvisoryPackage, Reference
 from mirror.errors import MalformedMetadataError
 from mirror.formats.compression import decompress_to_file
-from mirror.formats.rpm import refuse_dtd
+from mirror.formats.rpm import check_prolog
 
 __all__ = ["Advisory", "AdvisoryPackage", "Reference", "load_updateinfo", "parse_date", "parse_updateinfo"]
 
 log = logging.getLogger(__name__)
 
-_MAGIC = {
-    b"\x1f\x8b": "gz",
-    b"\xfd7zXZ\x00": "xz",
-    b"BZh": "bz2",
-    b"\x28\xb5\x2f\xfd": "zst",
-    b"\x00ZCK1": "zck",
-}
-_PROLOG_LIMIT = 1 << 20  # the root element must start within the first MiB
 _CVE = re.compile(r"CVE-\d{4}-\d{4,}", re.IGNORECASE)
 _DATE_ATTR = {
     "issued": re.compile(r'<issued\s+date="([^"]*)"'),
@@ -53,46 +45,6 @@ _DATE_ATTR = {
 # createrepo_c warning types: 0 unknown tag, 1 missing attribute, 2 unknown value, 3 bad attribute
 # value, 4 missing value, 5 bad metadata type (the document is not what was asked for).
 _FATAL_WARNINGS = {5}
-
-
-def _check_prolog(path: Path, *, what: str) -> None:
-    """Refuse compressed input, non-UTF-8 input and any DTD, looking only at what precedes the
-    root element (a DTD can be nowhere else; entities can only be declared in one)."""
-    with path.open("rb") as f:
-        head = f.read(_PROLOG_LIMIT)
-    for magic, kind in _MAGIC.items():
-        if head.startswith(magic):
-            raise MalformedMetadataError(
-                f"is {kind}-compressed: decompress it first (bounded, with "
-                "mirror.formats.compression.decompress_to_file, or use load_updateinfo)", path=what)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:4]:
-        raise MalformedMetadataError("only UTF-8 updateinfo is accepted", path=what)
-    pos = 3 if head.startswith(b"\xef\xbb\xbf") else 0
-    n = len(head)
-    while True:
-        while pos < n and head[pos] in b" \t\r\n":
-            pos += 1
-        if pos >= n:
-            if n >= _PROLOG_LIMIT:
-                raise MalformedMetadataError("no root element in the first MiB", path=what)
-            raise MalformedMetadataError("no root element (empty or truncated document)", path=what)
-        if head.startswith(b"<?", pos):
-            end = head.find(b"?>", pos + 2)
-            step = 2
-        elif head.startswith(b"<!--", pos):
-            end = head.find(b"-->", pos + 4)
-            step = 3
-        elif head.startswith(b"<!", pos):
-            refuse_dtd(head[pos:pos + 16], what=what)  # <!DOCTYPE / <!ENTITY: refused by name
-            raise MalformedMetadataError("markup declaration before the root element", path=what)
-        elif head.startswith(b"<", pos):
-            return  # the root element: no DTD before it
-        else:
-            raise MalformedMetadataError("text before the root element", path=what)
-        if end < 0:
-            raise MalformedMetadataError("unterminated comment or processing instruction in the prolog",
-                                         path=what)
-        pos = end + step
 
 
 def parse_date(value: str | None) -> datetime | None:
@@ -126,7 +78,7 @@ def parse_updateinfo(path: Path, *, what: str, strict: bool = False) -> list[Adv
     date is an error, instead of only malformed XML, a wrong document type and a missing id."""
     import createrepo_c as cr
 
-    _check_prolog(path, what=what)
+    check_prolog(path, what=what, hint="or use load_updateinfo")
     warnings: list[tuple[int, str]] = []
 
     def warningcb(kind: int, message: str) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from mirror.errors import (
     ChecksumMismatchError,
+    IdentityChangeError,
     MalformedMetadataError,
     MirrorError,
     NotFoundUpstreamError,
@@ -38,6 +39,9 @@ from mirror.sync import SyncContext, VerifiedRoot, Wanted
 
 log = logging.getLogger(__name__)
 BY_HASH_DIRS = {"sha256": "SHA256", "sha512": "SHA512", "sha1": "SHA1", "md5": "MD5Sum"}
+#: Release fields that say which archive and release this is (apt's `VerifyVendor` and
+#: `--allow-releaseinfo-change` set; Version changes with every point release and is not here).
+IDENTITY_FIELDS = ("Origin", "Label", "Suite", "Codename")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class AptFormat:
             raise MalformedMetadataError(
                 f"wrong suite: asked for {suite!r}, the signed Release says Suite {release.suite!r}, "
                 f"Codename {release.codename!r}", repo=name, path=what)
+        await _check_identity(ctx, suite, release, what)
         record = RootRecord(name=suite, sha256=digest, date=release.date, valid_until=release.valid_until)
         return AptRoot(record=record, files=files, suite=suite, release=release)
 
@@ -126,13 +131,14 @@ class AptFormat:
             groups.setdefault(split_variant(path)[0], []).append(entry)
 
         wanted: list[Wanted] = []
+        filtered: list[tuple[str, bytes]] = []  # a filtered repo's indices, filtered together below
         for comp in repo.components:
             for arch in archs:
                 base = f"{comp}/binary-{arch}/Packages"
                 data = await _fetch_index(ctx, suite, release, groups.get(base), base,
                                           [] if repo.filtered else wanted, required=arch != "all")
                 if data is not None and repo.filtered:
-                    wanted.extend(await _filtered_packages(ctx, data, f"dists/{suite}/{base}"))
+                    filtered.append((f"dists/{suite}/{base}", data))
                 elif data is not None:
                     wanted.extend(await asyncio.to_thread(_packages, data, f"dists/{suite}/{base}"))
             for lang in repo.languages:
@@ -144,7 +150,67 @@ class AptFormat:
                 data = await _fetch_index(ctx, suite, release, groups.get(base), base, wanted, required=True)
                 assert data is not None
                 wanted.extend(await asyncio.to_thread(_sources, data, f"dists/{suite}/{base}"))
+        if filtered:
+            wanted.extend(await _filtered_packages(ctx, suite, filtered))
         return wanted
+
+
+def identity(release: Release) -> dict[str, str | None]:
+    """The identity fields of a Release (None: absent), values stripped."""
+    return {f: (release.fields[f].strip() if f in release.fields else None) for f in IDENTITY_FIELDS}
+
+
+def _accepted_identity(ctx: SyncContext, suite: str) -> tuple[str, dict[str, str | None]] | None:
+    """The identity of `suite` in the last accepted snapshot (the one the freshness checks compare
+    against), read from its verified root file in the pool; None when there is none. Blocking."""
+    from mirror.releases import clearsigned_payload
+
+    name = ctx.repo.name
+    latest = ctx.store.latest_snapshot(name)
+    if latest is None:
+        return None
+    for path in (f"dists/{suite}/Release", f"dists/{suite}/InRelease"):
+        entry = ctx.store.manifest_entry(name, latest, path)
+        if entry is None or entry.kind is not EntryKind.ROOT:
+            continue
+        try:
+            data = ctx.pool.path_for(entry.sha256).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise ValueError("it does not match its recorded digest")
+            payload = clearsigned_payload(data, what=path) if path.endswith("/InRelease") else data
+            return latest, identity(parse_release(payload, what=path))
+        except (OSError, ValueError, MirrorError) as exc:
+            # Not an upstream's doing (the pool is ours): say so and go on; `mirror verify` finds it.
+            note = (f"{path}: identity of snapshot {latest} unreadable ({exc}): Origin/Label/Suite/"
+                    "Codename not compared")
+            log.warning("%s: %s", name, note)
+            ctx.notes.append(note)
+            return None
+    return None
+
+
+async def _check_identity(ctx: SyncContext, suite: str, release: Release, what: str) -> None:
+    """HOSTILE 35: a validly signed Release for another archive or release than the last accepted
+    one (Origin, Label, Suite or Codename changed) is refused unless the operator accepts the
+    change for this run (`mirror sync --accept-identity-change`, recorded in the run)."""
+    accepted = await asyncio.to_thread(_accepted_identity, ctx, suite)
+    if accepted is None:
+        return
+    snapshot, before = accepted
+    now = identity(release)
+    changes = [f"{f} changed from {before[f]!r} to {now[f]!r}" for f in IDENTITY_FIELDS
+               if before[f] is not None and now[f] != before[f]]
+    if not changes:
+        return
+    text = "; ".join(changes)
+    if not ctx.accept_identity_change:
+        raise IdentityChangeError(
+            f"release identity changed since the last accepted snapshot {snapshot}: {text} "
+            f"(if expected, accept it once with `mirror sync --accept-identity-change {ctx.repo.name}`)",
+            repo=ctx.repo.name, path=what)
+    note = f"{what}: identity change accepted (--accept-identity-change): {text}"
+    log.warning("%s: %s", ctx.repo.name, note)
+    ctx.notes.append(note)
 
 
 async def _add_detached_release(ctx: SyncContext, root: AptRoot) -> None:
@@ -211,14 +277,26 @@ async def _fetch_index(ctx: SyncContext, suite: str, release: Release,
             content = await _decompress(ctx, item, kind, plain)
             if plain is not None and kind != "plain":
                 # The uncompressed index is verified by the Release's own digest: serve it too.
-                await asyncio.to_thread(ctx.pool.ingest_bytes, content, plain.expected.sha256, ctx.tmp,
-                                        what=plain.expected.path)
+                # Not rewritten when recorded: a fresh, unflushed file renamed over an object a
+                # tier serves could leave that name empty after a power loss (HOSTILE 57).
+                if not await _recorded(ctx, plain.expected.sha256):
+                    await asyncio.to_thread(ctx.pool.ingest_bytes, content, plain.expected.sha256, ctx.tmp,
+                                            what=plain.expected.path)
                 wanted.append(plain)
                 done.add("plain")
     if not done:
         raise NotFoundUpstreamError("no variant the signed Release lists could be fetched",
                                     repo=ctx.repo.name, path=where)
     return content
+
+
+async def _recorded(ctx: SyncContext, digest: str) -> bool:
+    """Whether the database records `digest` (its pool file was flushed before that commit)."""
+    if digest in ctx.recorded:
+        return True
+    if ctx.recorded_loaded:
+        return False
+    return bool(await asyncio.to_thread(ctx.store.recorded_blobs, (digest,)))
 
 
 async def _ingest_index(ctx: SyncContext, item: Wanted) -> None:
@@ -257,15 +335,20 @@ def _architectures(ctx: SyncContext, release: Release) -> list[str]:
     return archs
 
 
-async def _filtered_packages(ctx: SyncContext, data: bytes, what: str) -> list[Wanted]:
-    """A filtered repo: the kept packages of a verified index, and its regenerated Packages files."""
-    from mirror.regenerate import filter_packages, generated_packages, repo_filter
+async def _filtered_packages(ctx: SyncContext, suite: str, indices: list[tuple[str, bytes]]) -> list[Wanted]:
+    """A filtered repo: the kept packages of a suite's verified indices (with `with_deps`, resolved
+    across them: mirror.regenerate.filter_suite), and their regenerated Packages files."""
+    from mirror.regenerate import filter_suite, generated_packages, repo_filter
 
     try:
-        kept, text = await asyncio.to_thread(filter_packages, repo_filter(ctx), data, what=what)
+        results = await asyncio.to_thread(filter_suite, repo_filter(ctx), indices, suite=suite)
     except MirrorError as exc:
-        raise exc.with_context(repo=ctx.repo.name, path=what) from None
-    return _wanted_packages(kept, what) + await generated_packages(ctx, what, text)
+        raise exc.with_context(repo=ctx.repo.name, path=f"dists/{suite}/Release") from None
+    out: list[Wanted] = []
+    for (what, _), (kept, text) in zip(indices, results, strict=True):
+        out.extend(_wanted_packages(kept, what))
+        out.extend(await generated_packages(ctx, what, text))
+    return out
 
 
 def _packages(data: bytes, what: str) -> list[Wanted]:

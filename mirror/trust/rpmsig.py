@@ -115,6 +115,8 @@ def _blocks(output: str) -> dict[str, list[str]]:
 
 def _verdict(lines: list[str]) -> str | None:
     """None when the package carries a good signature by a key in the database and intact digests."""
+    if not lines:  # its name and nothing else: rpmkeys refused the headers (the reason is on stderr)
+        return "rpmkeys could not read its signature header or header (no check reported)"
     signed_ok = False
     for line in lines:
         name, _, result = line.rpartition(": ")
