@@ -199,15 +199,12 @@ def _pool_files(root: Path) -> list[Path]:
     found: list[Path] = []
     if not root.is_dir():
         return found
-    for top in os.scandir(root):
+    for top in os.scandir(root):  # <root>/ab/<hex> (mirror.pool)
         if not top.is_dir(follow_symlinks=False):
             continue
-        for mid in os.scandir(top.path):
-            if not mid.is_dir(follow_symlinks=False):
-                continue
-            for leaf in os.scandir(mid.path):
-                if leaf.is_file(follow_symlinks=False) and SHA256_RE.match(leaf.name):
-                    found.append(Path(leaf.path))
+        for leaf in os.scandir(top.path):
+            if leaf.is_file(follow_symlinks=False) and SHA256_RE.match(leaf.name):
+                found.append(Path(leaf.path))
     return found
 
 
@@ -215,11 +212,6 @@ def _prune_empty_dirs(root: Path) -> None:
     if not root.is_dir():
         return
     for top in os.scandir(root):
-        if not top.is_dir(follow_symlinks=False):
-            continue
-        for mid in os.scandir(top.path):
-            if mid.is_dir(follow_symlinks=False):
-                with suppress(OSError):
-                    os.rmdir(mid.path)
-        with suppress(OSError):
-            os.rmdir(top.path)
+        if top.is_dir(follow_symlinks=False):
+            with suppress(OSError):
+                os.rmdir(top.path)

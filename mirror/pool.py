@@ -1,4 +1,11 @@
-"""The content-addressed pool: ``<root>/pool/sha256/ab/cd/<hex>``.
+"""The content-addressed pool: ``<root>/pool/sha256/ab/<hex>``.
+
+One fan-out level (as git's objects): 256 folders of up to a few thousand names each for a
+million objects, which ext4 and xfs index. The two-level ``ab/cd/<hex>`` layout of earlier
+versions cost one more directory creation for nearly every new object of an initial sync (about
+0.25 ms each here: 0.5 s of a 2,000-package sync); a pool in that layout is moved over once, in
+place, the first time this version opens it (`Pool.__init__`, under a lock; `<root>/pool/layout`
+records that it is done).
 
 `ingest` streams into a temp file on the same filesystem, hashes while writing, aborts as soon
 as the declared size is exceeded, and renames into place only when size and digest match.
@@ -13,8 +20,11 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterable
@@ -26,6 +36,16 @@ from mirror.model import SHA256_RE, ExpectedFile
 
 CHUNK = 256 * 1024
 BUFFER = 1024 * 1024  # bytes received before a slice is handed to the writer thread
+#: Files up to this size are written, hashed and renamed on the event loop itself, in one go once
+#: all their bytes arrived (about 0.1 ms for 100 KB into the page cache): a thread hop per file
+#: cost more than that in GIL and futex traffic (bench/sync_bench.py: 2,000 x 100 KB).
+INLINE_MAX = 256 * 1024
+_FANOUT = re.compile(r"^[0-9a-f]{2}$")
+
+
+LAYOUT = "sha256/ab/<hex>\n"  # what <root>/pool/layout says once the pool is in this layout
+
+log = logging.getLogger(__name__)
 
 
 class Pool:
@@ -33,11 +53,60 @@ class Pool:
         self.root = root / "pool" / "sha256"
         self.tmp = root / "tmp"
         self._dirs: set[Path] = set()
+        self._layout = root / "pool" / "layout"
+        if not self._layout_recorded() and self.root.is_dir():
+            self._upgrade_layout()
 
     def path_for(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
             raise StorageError(f"not a sha256 digest: {sha256!r}")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return self.root / sha256[:2] / sha256
+
+    def _layout_recorded(self) -> bool:
+        try:
+            return self._layout.read_text() == LAYOUT
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise storage_error(exc, str(self._layout)) from exc
+
+    def _record_layout(self) -> None:
+        if not self._layout_recorded():
+            self._layout.write_text(LAYOUT)
+
+    def _upgrade_layout(self) -> None:
+        """Blocking: move every object of the two-level layout (ab/cd/<hex>) to ab/<hex>, make the
+        moves durable, then record the layout. Idempotent (a crash part-way: the next open goes
+        on); serialised between processes by a lock file beside the marker."""
+        try:
+            with open(self.root.parent / "layout.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self._layout_recorded():
+                    return
+                moved = 0
+                for top in os.scandir(self.root):
+                    if not (top.is_dir(follow_symlinks=False) and _FANOUT.match(top.name)):
+                        continue
+                    for mid in os.scandir(top.path):
+                        if not (mid.is_dir(follow_symlinks=False) and _FANOUT.match(mid.name)):
+                            continue
+                        for leaf in os.scandir(mid.path):
+                            if leaf.is_file(follow_symlinks=False) and SHA256_RE.match(leaf.name) \
+                                    and leaf.name.startswith(top.name + mid.name):
+                                target = os.path.join(top.path, leaf.name)
+                                if os.path.exists(target):  # the same content, by its name
+                                    os.unlink(leaf.path)
+                                else:
+                                    os.replace(leaf.path, target)
+                                moved += 1
+                        with contextlib.suppress(OSError):  # not empty: something stray is left there
+                            os.rmdir(mid.path)
+                if moved:
+                    self._flush()  # the moves are on disk before the marker says so
+                    log.info("pool: %d objects moved to the one-level layout (%s)", moved, self.root)
+                self._record_layout()
+        except OSError as exc:
+            raise storage_error(exc, str(self.root)) from exc
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
@@ -45,6 +114,7 @@ class Pool:
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._record_layout()
 
     def temp_dir(self, prefix: str) -> Path:
         self.prepare()
@@ -59,16 +129,19 @@ class Pool:
                 shutil.rmtree(entry, ignore_errors=True)
 
     async def ingest(self, chunks: AsyncIterable[bytes], expected: ExpectedFile, tmp_dir: Path,
-                     *, what: str) -> str:
+                     *, what: str, url: str | None = None) -> str:
         """Write `chunks` into the pool; return the sha256. Raise and leave nothing behind on mismatch.
 
         Checked against `expected.sha256` and, when given, `expected.alt` (another strong digest).
         The size is checked as bytes arrive (an overlong body is cut at once); received bytes are
         handed to a worker thread in slices of up to BUFFER bytes, which writes and hashes them,
-        so the event loop never blocks on the disk and a small file costs one thread hop."""
+        so the event loop never blocks long on the disk; a file of at most INLINE_MAX bytes is
+        written, hashed and renamed on the event loop once complete (no thread hop).
+        A mismatch names the expected and the received size or digest, and `url` (where the
+        bytes came from) when the caller gives it (HOSTILE 76)."""
         if not expected.sha256 and expected.alt is None:
             raise ChecksumMismatchError("no digest from verified metadata to check it against", path=what)
-        blob = _BlobWriter(self, expected, tmp_dir, what)
+        blob = _BlobWriter(self, expected, tmp_dir, what, url)
         pending: list[bytes] = []
         buffered = size = 0
         try:
@@ -76,15 +149,22 @@ class Pool:
                 size += len(chunk)
                 if size > expected.size:
                     raise SizeMismatchError(
-                        f"longer than the {expected.size} bytes the verified metadata declares", path=what)
+                        f"longer than the {expected.size} bytes the verified metadata declares: expected "
+                        f"{expected.size} bytes, received at least {size} (transfer cut){_source(url)}",
+                        path=what)
                 pending.append(chunk)
                 buffered += len(chunk)
                 if buffered >= BUFFER:
                     data, pending, buffered = b"".join(pending), [], 0
                     await asyncio.to_thread(blob.write, data)
+            if expected.size <= INLINE_MAX:
+                return blob.finish(b"".join(pending))
             return await asyncio.to_thread(blob.finish, b"".join(pending))
         except BaseException:
-            await asyncio.to_thread(blob.abort)
+            if expected.size <= INLINE_MAX:
+                blob.abort()
+            else:
+                await asyncio.to_thread(blob.abort)
             raise
 
     def ensure_dir(self, directory: Path) -> None:
@@ -124,6 +204,9 @@ class Pool:
     def make_durable(self) -> None:
         """Blocking: flush everything written to the pool's filesystem (one syncfs per sync)."""
         self.prepare()
+        self._flush()
+
+    def _flush(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)
         try:
             if _syncfs is None or _syncfs(fd) != 0:
@@ -135,8 +218,9 @@ class Pool:
 class _BlobWriter:
     """The blocking half of `Pool.ingest`: a temp file, hashes, and the final checks and rename."""
 
-    def __init__(self, pool: Pool, expected: ExpectedFile, tmp_dir: Path, what: str) -> None:
-        self.pool, self.expected, self.tmp_dir, self.what = pool, expected, tmp_dir, what
+    def __init__(self, pool: Pool, expected: ExpectedFile, tmp_dir: Path, what: str,
+                 url: str | None = None) -> None:
+        self.pool, self.expected, self.tmp_dir, self.what, self.url = pool, expected, tmp_dir, what, url
         self.digest = hashlib.sha256()
         self.alt = hashlib.new(expected.alt[0]) if expected.alt is not None else None
         self.size = 0
@@ -168,17 +252,18 @@ class _BlobWriter:
             self.file.close()
         except OSError as exc:
             raise storage_error(exc, what) from exc
+        src = _source(self.url)
         if self.size != expected.size:
-            raise SizeMismatchError(f"got {self.size} bytes, the verified metadata declares {expected.size}",
-                                    path=what)
+            raise SizeMismatchError(f"size mismatch: expected {expected.size} bytes (the verified metadata "
+                                    f"declares it), received {self.size}{src}", path=what)
         got = self.digest.hexdigest()
         if expected.sha256 and got != expected.sha256:
-            raise ChecksumMismatchError(f"sha256 {got} does not match {expected.sha256} from the verified "
-                                        "metadata", path=what)
+            raise ChecksumMismatchError(f"sha256 mismatch: received {got} does not match the expected "
+                                        f"{expected.sha256} from the verified metadata{src}", path=what)
         if self.alt is not None and expected.alt is not None and self.alt.hexdigest() != expected.alt[1]:
             algo, want = expected.alt
-            raise ChecksumMismatchError(f"{algo} {self.alt.hexdigest()} does not match {want} from the "
-                                        "verified metadata", path=what)
+            raise ChecksumMismatchError(f"{algo} mismatch: received {self.alt.hexdigest()} does not match "
+                                        f"the expected {want} from the verified metadata{src}", path=what)
         final = self.pool.path_for(got)
         try:
             self.pool.ensure_dir(final.parent)
@@ -195,6 +280,23 @@ class _BlobWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.name)
             self.name = None
+
+
+def _source(url: str | None) -> str:
+    """The ` (from URL)` of a mismatch message: where the bytes came from, if known, without any
+    user:password part (messages reach logs, run records and the API), `repr()`-quoted if it
+    holds a control character (an upstream path may)."""
+    if not url:
+        return ""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        with contextlib.suppress(ValueError):
+            host += f":{parts.port}" if parts.port is not None else ""
+        url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return f" (from {url})" if url.isprintable() else f" (from {url[:500]!r})"
 
 
 def file_sha256(path: Path) -> str:

@@ -30,7 +30,7 @@ def pool_problems(root: Path) -> list[str]:
             continue
         rel = path.relative_to(base).parts
         name = path.name
-        if not SHA256_RE.match(name) or rel != (name[:2], name[2:4], name):
+        if not SHA256_RE.match(name) or rel != (name[:2], name):
             problems.append(f"pool: stray file {path.relative_to(root)}")
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()

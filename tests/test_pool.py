@@ -130,3 +130,43 @@ def test_filename_outside_repo_is_rejected(raw: str) -> None:
 ])
 def test_filename_inside_repo_is_normalised(raw: str, norm: str) -> None:
     assert contained(raw) == norm
+
+
+def test_a_pool_in_the_two_level_layout_is_moved_to_one_level_once(tmp_path: Path) -> None:
+    """Pools written by earlier versions (ab/cd/<hex>) are moved in place to ab/<hex> the first
+    time a Pool opens them; the move is recorded, repeated opens do nothing, strays stay."""
+    import hashlib
+
+    from mirror.pool import LAYOUT
+
+    blobs = {hashlib.sha256(str(i).encode()).hexdigest(): str(i).encode() for i in range(40)}
+    base = tmp_path / "pool" / "sha256"
+    for digest, data in blobs.items():
+        old = base / digest[:2] / digest[2:4] / digest
+        old.parent.mkdir(parents=True, exist_ok=True)
+        old.write_bytes(data)
+    first = next(iter(blobs))
+    duplicate = base / first[:2] / first  # already moved once (a crash part-way): kept, old removed
+    duplicate.write_bytes(blobs[first])
+    stray = base / first[:2] / first[2:4] / "notes.txt"
+    stray.write_text("not an object")
+    pool = Pool(tmp_path)
+    assert (tmp_path / "pool" / "layout").read_text() == LAYOUT
+    for digest, data in blobs.items():
+        assert pool.path_for(digest) == base / digest[:2] / digest
+        assert pool.path_for(digest).read_bytes() == data
+        assert not (base / digest[:2] / digest[2:4] / digest).exists()
+    assert stray.read_text() == "not an object"
+    assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) == sorted(
+        [f"{d[:2]}/{d}" for d in blobs] + [f"{first[:2]}/{first[2:4]}/notes.txt"])
+    Pool(tmp_path)  # recorded: nothing to do, nothing changes
+    assert pool.path_for(first).read_bytes() == blobs[first]
+
+
+def test_a_new_pool_records_its_layout_when_first_prepared(tmp_path: Path) -> None:
+    from mirror.pool import LAYOUT
+
+    pool = Pool(tmp_path)
+    assert not (tmp_path / "pool" / "layout").exists()
+    pool.prepare()
+    assert (tmp_path / "pool" / "layout").read_text() == LAYOUT

@@ -76,7 +76,7 @@ class FakeCatalog:
         return self.snapshots.get((repo, snapshot), {}).get(path)
 
     def pool_path(self, sha256: str) -> Path:
-        return self.root / "pool" / "sha256" / sha256[:2] / sha256[2:4] / sha256
+        return self.root / "pool" / "sha256" / sha256[:2] / sha256
 
     def public_key_path(self) -> Path | None:
         return self.key
