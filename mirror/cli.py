@@ -494,16 +494,13 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_cve(settings: Settings, args: argparse.Namespace) -> int:
-    from mirror.diffs import cve_report
+    from mirror.diffs import cve_report, cve_to_table
 
     report = cve_report(_store(settings), settings, args.cve_id)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
         return 0
-    print(f"{'REPO':<20} {'TIER':<8} {'SNAPSHOT':<18} {'STATUS':<13} {'FIRST FIXED':<18} ADVISORIES")
-    for t in report.tiers:
-        print(f"{t.repo:<20} {t.tier:<8} {t.snapshot or '-':<18} {t.status.replace('_', ' '):<13} "
-              f"{t.first_fixed or '-':<18} {' '.join(t.advisories) or '-'}")
+    sys.stdout.write(cve_to_table(report))
     return 0
 
 

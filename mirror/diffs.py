@@ -37,6 +37,7 @@ from mirror.diff import (
     diff_rows,
     diff_to_json,
     fix_status,
+    terminal_safe,
 )
 from mirror.errors import InvalidRequestError, NotFoundError
 from mirror.model import SNAPSHOT_ID_RE
@@ -322,6 +323,17 @@ def cve_report(store: Store, settings: Settings, cve: str) -> CveReport:
                 {"name": p.name, "arch": p.arch, "carried": p.carried, "fixed_in": p.fixed_in,
                  "fixed": p.fixed} for p in status.packages)))
     return CveReport(cve, tuple(out))
+
+
+def cve_to_table(report: CveReport) -> str:
+    """`mirror cve` as a table: one line per repo and tier. Advisory ids come from upstream
+    updateinfo: control and format characters are shown escaped (`terminal_safe`, HOSTILE 45)."""
+    lines = [f"{'REPO':<20} {'TIER':<8} {'SNAPSHOT':<18} {'STATUS':<13} {'FIRST FIXED':<18} ADVISORIES"]
+    for t in report.tiers:
+        advisories = " ".join(terminal_safe(a) for a in t.advisories) or "-"
+        lines.append(f"{terminal_safe(t.repo):<20} {terminal_safe(t.tier):<8} {t.snapshot or '-':<18} "
+                     f"{t.status.replace('_', ' '):<13} {t.first_fixed or '-':<18} {advisories}")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def pending_advisories(store: Store, settings: Settings, repo: str, in_ref: str, not_in_ref: str | None,

@@ -32,6 +32,7 @@ from mirror.errors import (
     RollbackError,
 )
 from mirror.fetch import Fetcher, FetchPolicy, with_retries
+from mirror.formats.rpm import revision_problem
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
 from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
@@ -122,7 +123,8 @@ class SyncContext:
 
         async def attempt() -> str:
             async with self.semaphore, self.fetcher.open_stream(self.url(source)) as (_length, chunks):
-                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path)
+                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path,
+                                              url=self.url(source))
 
         try:
             digest = await with_retries(attempt, self.fetcher.policy)
@@ -216,6 +218,9 @@ def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: d
             raise FutureMetadataError(
                 f"dated in the future: Date {record.date.isoformat()} is more than {MAX_FUTURE_SKEW} "
                 f"after now ({ctx.now.replace(microsecond=0).isoformat()})", repo=ctx.repo.name, path=what)
+        problem = revision_problem(record.revision, ctx.now, MAX_FUTURE_SKEW)
+        if problem is not None:
+            raise FutureMetadataError(problem, repo=ctx.repo.name, path=what)
         before = previous.get(record.name)
         if allow_rollback or before is None:
             continue

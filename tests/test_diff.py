@@ -455,10 +455,13 @@ def test_table_is_readable() -> None:
 def test_rpm_repos_built_by_the_fixtures(tmp_path: Path, archive_key: SigningKey) -> None:
     """Real rpms and primary.xml (createrepo_c), parsed by the sync's own parser, then diffed."""
     from fixtures.rpm_repo import RpmPackage, RpmRepo
+    from mirror.formats.compression import decompress_to_file
     from mirror.formats.rpm import parse_primary
 
     def keys(repo: RpmRepo) -> list[PackageKey]:
-        return [PackageKey(e.name, e.arch, e.evr) for e in parse_primary(repo.primary_path(), what="primary")]
+        plain = tmp_path / f"{repo.root.name}-primary.xml"  # parse_primary takes what a sync decompressed
+        decompress_to_file(repo.primary_path(), "gz", plain, cap=1 << 26, what="primary")
+        return [PackageKey(e.name, e.arch, e.evr) for e in parse_primary(plain, what="primary")]
 
     repo = RpmRepo(tmp_path / "el9", archive_key)
     repo.add(RpmPackage("hello", "1.0"), RpmPackage("hello", "1.0", arch="aarch64"),

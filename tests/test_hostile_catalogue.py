@@ -938,19 +938,26 @@ LOUD_REPLAYS: list[tuple[str, Callable[[Setup], None], str]] = [
 def test_case76_every_failure_is_in_the_log_and_the_failure_metric(
         setup: Setup, synced: Before, case: str, attack: Callable[[Setup], None], file: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from mirror.metrics import StateCollector
-
     attack(setup)
     with caplog.at_level("ERROR"):
         result = assert_rejected(setup, synced, setup.mirror.sync_one(),
                                  code=("signature_invalid", "weak_digest", "metadata_expired", "unsafe_path",
                                        "fetch_failed"),
                                  file=file)
+    assert_logged_and_counted(setup, result, file, caplog)
+
+
+def assert_logged_and_counted(s: Setup | RpmSetup, message: str, file: str, caplog: pytest.LogCaptureFixture,
+                              code: str | None = None) -> None:
+    """LOUD beyond the run record: one ERROR log line naming the repo and the file with the whole
+    error message, and `mirror_sync_failures{repo, code}` counting it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mirror.metrics import StateCollector
+
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any("repo" in m and file in m and result in m for m in logged), logged
-    store = setup.mirror.store()
+    assert any("repo" in m and file in m and message in m for m in logged), logged
+    store = s.mirror.store()
     try:
         registry = CollectorRegistry()
         registry.register(StateCollector(store, ["repo"]))
@@ -958,8 +965,71 @@ def test_case76_every_failure_is_in_the_log_and_the_failure_metric(
     finally:
         store.close()
     failures = [line for line in text.splitlines() if line.startswith("mirror_sync_failures")
-                and 'repo="repo"' in line and not line.startswith("mirror_sync_failures_created")]
+                and 'repo="repo"' in line and not line.startswith("mirror_sync_failures_created")
+                and (code is None or f'code="{code}"' in line)]
     assert failures and any(float(line.rsplit(" ", 1)[1]) >= 1 for line in failures), text
+
+
+def _expired_key_signs(expired: SigningKey) -> Callable[[Setup], None]:
+    def attack(s: Setup) -> None:  # pinned and in the keyring: only its expiry may reject it
+        keyring = s.mirror.settings.repo("repo").keyring
+        keyring.write_bytes(s.key.public_armored() + expired.public_armored())
+        _new_version(s, signer=expired)
+    return attack
+
+
+def _evil_xz(s: Setup) -> tuple[bytes, bytes]:
+    """(what the signed Release lists, what the upstream serves instead): Packages.xz, one byte
+    flipped (same size)."""
+    original = s.upstream.packages_path(ext=".xz").read_bytes()
+    return original, original[:100] + bytes([original[100] ^ 0xFF]) + original[101:]
+
+
+def _index_hash_mismatch(s: Setup) -> None:
+    _new_version(s)
+    for key in _xz_glob():
+        s.server.faults[key] = Fault(body=_evil_xz(s)[1])
+
+
+def _index_ten_junk_bytes(s: Setup) -> None:
+    _new_version(s)
+    for key in _xz_glob():
+        s.server.faults[key] = Fault(append=b"0123456789")
+
+
+def _index_truncated(s: Setup) -> None:
+    _new_version(s)
+    for key in _xz_glob():
+        s.server.faults[key] = Fault(truncate_after=40, headers={"Content-Length": "40"})
+
+
+# (case, attack or None for the expired key, code, file, what the message must also show)
+Attack = Callable[[Setup], None]
+MORE_LOUD_REPLAYS: list[tuple[str, Attack | None, str, str, Callable[[Setup], list[str]]]] = [
+    ("08_expired_key", None, "signature_invalid", INRELEASE, lambda s: ["expired"]),
+    ("27_index_hash_mismatch", _index_hash_mismatch, "checksum_mismatch", f"{PACKAGES_DIR}/Packages",
+     lambda s: [f"expected {hashlib.sha256(_evil_xz(s)[0]).hexdigest()}",
+                f"received {hashlib.sha256(_evil_xz(s)[1]).hexdigest()}"]),
+    ("28_ten_junk_bytes", _index_ten_junk_bytes, "size_mismatch", f"{PACKAGES_DIR}/Packages",
+     lambda s: [f"expected {len(_evil_xz(s)[0])} bytes, received at least"]),
+    ("28_truncated", _index_truncated, "size_mismatch", f"{PACKAGES_DIR}/Packages",
+     lambda s: [f"expected {len(_evil_xz(s)[0])} bytes", "received 40"]),
+]
+
+
+@pytest.mark.parametrize(("case", "attack", "code", "file", "shows"), MORE_LOUD_REPLAYS,
+                         ids=[r[0] for r in MORE_LOUD_REPLAYS])
+def test_case76_more_failures_are_in_the_log_and_the_failure_metric(
+        setup: Setup, synced: Before, expired_key: SigningKey, case: str, attack: Attack | None,
+        code: str, file: str, shows: Callable[[Setup], list[str]], caplog: pytest.LogCaptureFixture) -> None:
+    """Replays of 8, 27, 28 (APT): REJ + KEEP + NOPART + run record (`assert_rejected`), the ERROR
+    log line and the failure metric by code; size and digest mismatches say expected and received."""
+    (attack or _expired_key_signs(expired_key))(setup)
+    with caplog.at_level("ERROR"):
+        message = assert_rejected(setup, synced, setup.mirror.sync_one(), code=code, file=file)
+    assert_logged_and_counted(setup, message, file, caplog, code)
+    for words in shows(setup):
+        assert words in message, message
 
 
 HREFS_OFF_HOST = ["http://evil.example/x.rpm", "https://evil.example/Packages/x.rpm", "file:///etc/shadow",
@@ -979,3 +1049,51 @@ def test_case37_off_host_location_is_refused_before_any_request(rpm_setup: RpmSe
     s.server.clear()
     assert_rejected(s, before, s.mirror.sync_one(), code="unsafe_path", file="primary")
     assert s.server.count("*evil*") == 0 and s.server.count("*shadow*") == 0
+
+
+def _rpm_href_escapes(s: RpmSetup) -> None:
+    old = s.upstream.url_path_of("hello", "1.1")
+    s.upstream.edit_metadata("primary", lambda x: x.replace(f'href="{old}"', 'href="../../../etc/passwd"'))
+
+
+def _rpm_primary_swapped(s: RpmSetup) -> None:
+    s.upstream.edit_metadata("primary", lambda x: x.replace("<packager>", "<packager>evil "),
+                             update_repomd=False)
+
+
+RPM_LOUD_REPLAYS: list[tuple[str, Callable[[RpmSetup], None], tuple[str, ...], str, tuple[str, ...]]] = [
+    ("36_href_traversal", _rpm_href_escapes, ("unsafe_path",), "hello", ("'..'",)),
+    ("27_primary_does_not_match_repomd", _rpm_primary_swapped, ("checksum_mismatch", "size_mismatch"),
+     "primary.xml", ("expected", "received")),
+]
+
+
+@pytest.mark.parametrize(("case", "attack", "codes", "file", "words"), RPM_LOUD_REPLAYS,
+                         ids=[r[0] for r in RPM_LOUD_REPLAYS])
+def test_case76_rpm_failures_are_in_the_log_and_the_failure_metric(
+        rpm_setup: RpmSetup, case: str, attack: Callable[[RpmSetup], None], codes: tuple[str, ...], file: str,
+        words: tuple[str, ...], caplog: pytest.LogCaptureFixture) -> None:
+    """Replays of 36 and 27 (RPM) with the same artefacts as the APT ones."""
+    s = rpm_setup
+    first = s.mirror.sync_one()
+    assert first.ok and first.snapshot, first.error
+    before = Before(first.snapshot, s.mirror.served_tree())
+    s.upstream.add(RpmPackage("hello", "1.1"))
+    s.upstream.publish(revision="1001", timestamp=1_700_000_001)
+    attack(s)
+    with caplog.at_level("ERROR"):
+        result = s.mirror.sync_one()
+        message = assert_rejected(s, before, result, code=codes, file=file)
+    assert result.error is not None
+    assert_logged_and_counted(s, message, file, caplog, result.error.code)
+    for word in words:
+        assert word in message, message
+
+
+def test_case76_mismatch_messages_name_the_upstream_url(setup: Setup, synced: Before) -> None:
+    for attack in (_index_hash_mismatch, _index_ten_junk_bytes):
+        attack(setup)
+        result = setup.mirror.sync_one()
+        assert result.error is not None
+        assert f"(from {setup.server.url}/{PACKAGES_DIR}/" in str(result.error), result.error
+        setup.server.faults.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,28 @@ class Repomd:
 
     def record(self, kind: str) -> RepomdRecord | None:
         return next((r for r in self.records if r.type == kind), None)
+
+
+#: A repomd `<revision>` of exactly ten digits reads as a Unix time (createrepo_c's default
+#: revision is the time it ran): 1000000000 (2001-09-09) to 9999999999 (2286-11-20). Shorter
+#: counters ("1000", "20240101") and other text are not times and are never judged as such.
+_UNIX_TIME_REVISION = re.compile(r"[1-9][0-9]{9}")
+
+
+def revision_problem(revision: str | None, now: datetime, skew: timedelta) -> str | None:
+    """Why a repomd `<revision>` must be refused as dated in the future, or None (HOSTILE 24).
+
+    A revision that reads as a Unix time (ten digits) more than `skew` after `now` is what a
+    fast-forward leaves behind: accepted, it would become the high-water mark that makes every
+    genuine later revision a rollback. The record timestamps are checked on their own (the
+    repomd Date); this closes the case where they are sane and only the revision jumps."""
+    if revision is None or not _UNIX_TIME_REVISION.fullmatch(revision):
+        return None
+    moment = datetime.fromtimestamp(int(revision), UTC)
+    if moment <= now + skew:
+        return None
+    return (f"dated in the future: revision {revision} reads as Unix time {moment.isoformat()}, more than "
+            f"{skew} after now ({now.replace(microsecond=0).isoformat()})")
 
 
 def refuse_dtd(data: bytes, *, what: str) -> None:
@@ -192,11 +215,40 @@ def check_prolog(path: Path, *, what: str, hint: str = "", compressed: bool = Fa
         pos = end + step
 
 
+#: The longest run of bytes without a `<` (a text node, an attribute value, a comment) an XML
+#: file the mirror parses may hold. createrepo_c's streaming parser keeps each text node whole
+#: in memory (about twice its size), so without this a single 2 GiB description, within the
+#: decompressed-size cap, would cost gigabytes (HOSTILE 41). Real descriptions, changelogs and
+#: advisory texts are kilobytes; libxml2 itself refuses a CDATA section or comment over 10 MB.
+MAX_TEXT_RUN = 4 * 1024 * 1024
+_SCAN_CHUNK = 1024 * 1024  # read size; at most `limit`, so a run inside one chunk is short enough
+
+
+def check_text_runs(path: Path, *, what: str, limit: int = MAX_TEXT_RUN) -> None:
+    """Blocking: refuse an uncompressed XML file holding more than `limit` bytes in a row without a
+    `<` (one huge text node or attribute value), reading it in chunks (constant memory)."""
+    start = pos = 0  # start: where the current run (after the last `<` seen) began
+    size = min(_SCAN_CHUNK, limit)
+    with path.open("rb") as f:
+        while chunk := f.read(size):
+            first = chunk.find(b"<")
+            end = pos + (first if first >= 0 else len(chunk))
+            if end - start > limit:
+                raise MalformedMetadataError(
+                    f"more than {limit} bytes without markup from byte {start} on (one huge text node "
+                    "or attribute value): refused", path=what)
+            if first >= 0:
+                start = pos + chunk.rfind(b"<") + 1
+            pos += len(chunk)
+
+
 def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
-    """Blocking: stream-parse an uncompressed (or compressed) primary.xml already verified."""
+    """Blocking: stream-parse an uncompressed primary.xml already verified (a compressed one is
+    refused: createrepo_c would decompress it without a cap); no text run over MAX_TEXT_RUN."""
     import createrepo_c as cr
 
     check_prolog(path, what=what)
+    check_text_runs(path, what=what)
     with path.open("rb") as f:
         head = f.read(4096)
     declared = _PACKAGES_ATTR.search(head)

@@ -31,7 +31,7 @@ from typing import Any
 from mirror.diff import Advisory, AdvisoryPackage, Reference
 from mirror.errors import MalformedMetadataError
 from mirror.formats.compression import decompress_to_file
-from mirror.formats.rpm import check_prolog
+from mirror.formats.rpm import check_prolog, check_text_runs
 
 __all__ = ["Advisory", "AdvisoryPackage", "Reference", "load_updateinfo", "parse_date", "parse_updateinfo"]
 
@@ -79,6 +79,7 @@ def parse_updateinfo(path: Path, *, what: str, strict: bool = False) -> list[Adv
     import createrepo_c as cr
 
     check_prolog(path, what=what, hint="or use load_updateinfo")
+    check_text_runs(path, what=what)  # one huge text node would be held whole (HOSTILE 41)
     warnings: list[tuple[int, str]] = []
 
     def warningcb(kind: int, message: str) -> bool:

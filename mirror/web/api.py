@@ -180,6 +180,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except MirrorError as exc:
+        if request.method not in ("GET", "HEAD") and exc.http_status in (409, 422):
+            audit.warning("refused %s %r by %s: %d %s: %s", request.method, request.path[:300],
+                          request.get(ACTOR, "-"), exc.http_status, exc.code, exc)
         response = error_response(exc.http_status, exc.code, str(exc))
         if isinstance(exc, UnauthorizedError):
             response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="mirror"'
