@@ -4,10 +4,13 @@ The filters (mirror.filters; with `with_deps`, mirror.dependencies over the depe
 verified primary lists) choose the kept entries before any package is fetched. From the verified
 upstream primary, filelists and other (createrepo_c's iterator, which skips a
 package the filter dropped without parsing it) the kept packages' records are written anew with
-createrepo_c; updateinfo keeps the advisories that name a kept package; every other record
-(modules, comps, ...) is kept as the upstream wrote it. Package-list records that would list
-dropped packages (the sqlite databases, zchunk variants) are left out. A new repomd.xml lists them
-all and `repomd.xml.asc` is the mirror key's detached signature of it.
+createrepo_c; updateinfo keeps the advisories that name a kept package; comps (`group`,
+`group_gz`, ...) and modules.yaml (`modules`) are reduced to the kept packages when they name a
+dropped one (mirror.formats.comps, mirror.formats.modulemd: rewritten with the compression the
+upstream used, their zchunk variants left out), otherwise kept byte for byte; every other record
+is kept as the upstream wrote it. Package-list records that would list dropped packages (the
+sqlite databases, zchunk variants) are left out. A new repomd.xml lists them all and
+`repomd.xml.asc` is the mirror key's detached signature of it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from mirror.dependencies import PackageNeeds
 from mirror.diff import Advisory
 from mirror.errors import MalformedMetadataError, MirrorError
 from mirror.filters import AdvisoryFilter, PackageFilter, report_unresolved
+from mirror.formats.compression import decompress_to_file, split_variant
 from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry, parse_primary_needs
 from mirror.repopath import contained
 from mirror.sync import SyncContext, Wanted
@@ -30,6 +34,13 @@ from mirror.sync import SyncContext, Wanted
 #: Records about packages: regenerated (the first three, updateinfo) or dropped (their variants).
 PACKAGE_RECORD_PREFIXES = ("primary", "filelists", "other", "updateinfo", "prestodelta", "deltainfo")
 REGENERATED = ("primary", "filelists", "other")
+#: Records reduced to the kept packages when they name a dropped one: family -> plain file name.
+REDUCED = {"group": "comps.xml", "modules": "modules.yaml"}
+
+
+def reduced_family(record_type: str) -> str | None:
+    """"group" for `group`, `group_gz`, `group_xz`, ...; "modules" likewise; None otherwise."""
+    return next((f for f in REDUCED if record_type == f or record_type.startswith(f + "_")), None)
 
 
 def lists_packages(record_type: str) -> bool:
@@ -77,7 +88,8 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
             ctx.advisories = kept_advisories(ctx.advisories, kept)
             advisory_ids = [a.id for a in ctx.advisories]
         try:
-            files = await asyncio.to_thread(write_repodata, scratch / "out", kept=kept, records=records,
+            files = await asyncio.to_thread(write_repodata, scratch / "out", kept=kept, listed=entries,
+                                            records=records,
                                             advisory_ids=advisory_ids, revision=repomd.revision, tmp=scratch)
         except MirrorError as exc:
             raise exc.with_context(repo=ctx.repo.name) from None
@@ -123,8 +135,10 @@ def select_entries(flt: PackageFilter, entries: list[RpmPackageEntry],
 
 def write_repodata(out: Path, *, kept: Collection[RpmPackageEntry], records: dict[str, UpstreamRecord],
                    advisory_ids: Collection[str] | None, revision: str | None,
-                   tmp: Path) -> dict[str, bytes]:
-    """Blocking: write the regenerated repodata; {repo-relative path: bytes}, repomd.xml last."""
+                   tmp: Path, listed: Collection[RpmPackageEntry] | None = None) -> dict[str, bytes]:
+    """Blocking: write the regenerated repodata; {repo-relative path: bytes}, repomd.xml last.
+    `listed`: every package of the upstream primary (comps and modules.yaml keep what names a
+    package the upstream repo never had); None: they keep only what names a kept package."""
     import createrepo_c as cr
 
     repodata = out / "repodata"
@@ -172,9 +186,13 @@ def write_repodata(out: Path, *, kept: Collection[RpmPackageEntry], records: dic
         repomd.set_revision(revision)
     result: dict[str, bytes] = {}
 
-    def add(kind: str, path: Path, href: str | None = None) -> None:
+    def add(kind: str, path: Path, href: str | None = None, compression: int | None = None) -> None:
         rec = cr.RepomdRecord(kind, str(path))
-        rec.fill(cr.SHA256)
+        if compression is None:
+            rec.fill(cr.SHA256)
+        else:  # `path` is plain: its compressed copy (with open-checksum) is the record
+            rec = rec.compress_and_fill(cr.SHA256, compression)
+            rec.type = kind
         if href is None:
             rec.rename_file()
             final = Path(rec.location_real)
@@ -189,8 +207,19 @@ def write_repodata(out: Path, *, kept: Collection[RpmPackageEntry], records: dic
         add(kind, path)
     if "updateinfo" in records and advisory_ids is not None:
         add("updateinfo", _reduced_updateinfo(records["updateinfo"].file, set(advisory_ids), repodata))
+    rewritten = _reduced_records(records, kept, listed, tmp)
     for kind, upstream in records.items():
         if lists_packages(kind):
+            continue
+        family = reduced_family(kind)
+        if family in rewritten:
+            if kind.endswith("_zck") or not rewritten[family]:  # a zchunk variant of the upstream's
+                continue  # content, or a modules.yaml with no document left: left out
+            with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+                plain = Path(scratch) / REDUCED[family]
+                plain.write_bytes(rewritten[family])
+                compression = _CR_COMPRESSION[split_variant(upstream.record.href)[1]]
+                add(kind, plain, compression=getattr(cr, compression) if compression else None)
             continue
         # As upstream: the same bytes under the same name (checksums recomputed over them).
         with tempfile.TemporaryDirectory(dir=tmp) as scratch:
@@ -222,3 +251,55 @@ def _reduced_updateinfo(source: Path, keep: set[str], repodata: Path) -> Path:
     finally:
         out.close()
     return path
+
+
+#: How a reduced record is written back, by the upstream file's compression (createrepo_c's
+#: constant; it writes no LZMA-alone: xz instead).
+_CR_COMPRESSION = {"plain": None, "gz": "GZ_COMPRESSION", "xz": "XZ_COMPRESSION", "lzma": "XZ_COMPRESSION",
+                   "bz2": "BZ2_COMPRESSION", "zst": "ZSTD_COMPRESSION"}
+
+
+def _reduced_records(records: dict[str, UpstreamRecord], kept: Collection[RpmPackageEntry],
+                     listed: Collection[RpmPackageEntry] | None, tmp: Path) -> dict[str, bytes]:
+    """Blocking: {family: new plain content} for the comps and modules records that name a
+    dropped package (parsed only here, in a filtered snapshot; see mirror.formats.comps and
+    mirror.formats.modulemd for the limits on what they may contain)."""
+    from mirror.formats.comps import MAX_COMPS_SIZE, reduce_comps
+    from mirror.formats.modulemd import MAX_MODULES_SIZE, nevra, reduce_modules
+
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        comps = _plain_source(records, "group", Path(scratch), cap=MAX_COMPS_SIZE)
+        if comps is not None:
+            path, what = comps
+            names = {p.name for p in kept}
+            listed_names = None if listed is None else {p.name for p in listed}
+            reduced = reduce_comps(path.read_bytes(), names, what=what, listed=listed_names)
+            if reduced is not None:
+                out["group"] = reduced
+        modules = _plain_source(records, "modules", Path(scratch), cap=MAX_MODULES_SIZE)
+        if modules is not None:
+            path, what = modules
+            nevras = [nevra(p.name, p.epoch, p.version, p.release, p.arch) for p in kept]
+            listed_nevras = None if listed is None else [
+                nevra(p.name, p.epoch, p.version, p.release, p.arch) for p in listed]
+            reduced = reduce_modules(path, nevras, what=what, listed=listed_nevras)
+            if reduced is not None:
+                out["modules"] = reduced
+    return out
+
+
+def _plain_source(records: dict[str, UpstreamRecord], family: str, scratch: Path,
+                  *, cap: int) -> tuple[Path, str] | None:
+    """The family's content decompressed (at most `cap` bytes) from its plain record if the
+    upstream has one, else from a compressed one; with the upstream path, for messages."""
+    members = [r for kind, r in records.items()
+               if reduced_family(kind) == family and not kind.endswith("_zck")]
+    if not members:
+        return None
+    upstream = min(members, key=lambda r: split_variant(r.record.href)[1] != "plain")
+    what = contained(upstream.record.href)
+    kind = split_variant(what)[1]
+    plain = scratch / REDUCED[family]
+    decompress_to_file(upstream.file, kind, plain, cap=cap, what=what)
+    return plain, what
