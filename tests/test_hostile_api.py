@@ -98,8 +98,12 @@ def api(tmp_path_factory: pytest.TempPathFactory, archive_key: SigningKey) -> It
                           extra_server=f'token_file = "{tokens}"\nread_auth = true\ngrace_period = 0')
     store = mirror.store()
     pool = Pool(mirror.settings.storage.root)
-    a = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"A", "pool/a_1_all.deb": b"a"})
-    b = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"B", "pool/a_2_all.deb": b"b"})
+    # One Release Date for both: moving dev back to `a` must not meet the older-Date policy.
+    dated = utcnow().replace(microsecond=0)
+    a = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"A", "pool/a_1_all.deb": b"a"},
+                      date=dated)
+    b = seed_snapshot(store, pool, "repo", {"dists/stable/InRelease": b"B", "pool/a_2_all.deb": b"b"},
+                      date=dated)
     tiers = Tiers.for_settings(store, mirror.settings)
     for tier in ("test", "uat", "prod"):
         tiers.promote("repo", tier, snapshot=a, actor="setup", force=True)
