@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -98,6 +98,10 @@ class SyncContext:
     recorded: set[str] = field(default_factory=set)
     recorded_loaded: bool = False  # `recorded` holds every wanted digest the database has
     advisories: Sequence[Advisory] = ()  # parsed from verified metadata (RPM updateinfo), committed along
+    #: Set by a format that checks files as they land (RPM package signatures): `fetch_all` calls it,
+    #: on the event loop, once for each file of its list as soon as the bytes are in the pool.
+    on_present: Callable[[ExpectedFile], None] | None = None
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the sync ends
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
     notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
 
@@ -270,6 +274,8 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                                   accept_identity_change=accept_identity_change)
                 snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
             finally:
+                for close in ctx.on_close if ctx is not None else ():
+                    await close()
                 await asyncio.to_thread(_rmtree, tmp)
         outcome = "unchanged" if snapshot is None else "snapshot"
         await _finish_run(store, run_id, outcome, progress, snapshot=snapshot,
@@ -367,10 +373,20 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
     Every failure is collected; after MAX_FAILURES_BEFORE_ABORT the rest is not attempted. The
     first failure is raised, its message saying how many more there were.
     """
-    missing = [f for f in {f.sha256: f for f in files}.values() if f.sha256 not in ctx.recorded]
+    present = ctx.on_present or (lambda f: None)
+    missing: list[ExpectedFile] = []
+    for f in {f.sha256: f for f in files}.values():
+        if f.sha256 in ctx.recorded:
+            present(f)
+        else:
+            missing.append(f)
     # Leftovers of an interrupted run lie under their final names unrecorded: re-hash, never trust.
     leftovers = await asyncio.to_thread(lambda: [f for f in missing if ctx.pool.exists(f.sha256)])
-    adopted = {f.sha256 for f in leftovers if await asyncio.to_thread(ctx.pool.adopt, f)}
+    adopted = set()
+    for f in leftovers:
+        if await asyncio.to_thread(ctx.pool.adopt, f):
+            adopted.add(f.sha256)
+            present(f)
     unique = [f for f in missing if f.sha256 not in adopted]
     failures: list[MirrorError] = []
     queue: asyncio.Queue[ExpectedFile] = asyncio.Queue()
@@ -384,6 +400,8 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
                 await ctx.ingest(item, known_absent=True)
             except MirrorError as exc:
                 failures.append(exc)
+            else:
+                present(item)
 
     workers = min(len(unique), ctx.settings.sync.max_parallel_downloads * 2) or 1
     async with asyncio.TaskGroup() as group:

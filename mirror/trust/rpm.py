@@ -40,23 +40,23 @@ from mirror.formats.updateinfo import load_updateinfo
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained
 from mirror.sync import SyncContext, VerifiedRoot, Wanted
-from mirror.trust.rpmsig import PackageCheck, PackageVerifier
+from mirror.trust.rpmsig import PackageVerifier, SignatureChecks, database_path
 
 REPOMD = "repodata/repomd.xml"
 PROVEN = "verified-packages"
 
 
-def _proven(verifier: PackageVerifier) -> set[str]:
+def _proven(dbpath: Path) -> set[str]:
     """Digests whose signature verified before against this key set (one per line, append-only)."""
     try:
-        return set((verifier.dbpath / PROVEN).read_text().split())
+        return set((dbpath / PROVEN).read_text().split())
     except FileNotFoundError:
         return set()
 
 
-def _remember(verifier: PackageVerifier, digests: Sequence[str]) -> None:
+def _remember(dbpath: Path, digests: Sequence[str]) -> None:
     if digests:
-        with (verifier.dbpath / PROVEN).open("a") as f:
+        with (dbpath / PROVEN).open("a") as f:
             f.write("".join(f"{d}\n" for d in digests))
 
 
@@ -66,6 +66,9 @@ class RpmRoot(VerifiedRoot):
 
 
 class RpmFormat:
+    def __init__(self) -> None:
+        self._signatures: SignatureChecks | None = None  # with "require", from `plan` on
+
     async def fetch_roots(self, ctx: SyncContext) -> list[VerifiedRoot]:
         cap = ctx.settings.sync.max_root_file_size
         repomd_raw = await ctx.fetcher.fetch_bytes(ctx.url(REPOMD), cap=cap, what=REPOMD)
@@ -89,17 +92,31 @@ class RpmFormat:
         the repo's pinned keys; packages proven before for the same keys are not checked again."""
         if ctx.repo.package_signatures != "require" or not wanted:
             return
-        verifier = await asyncio.to_thread(PackageVerifier, ctx.keyring, ctx.settings.storage.root / "rpmdb")
-        proven = await asyncio.to_thread(_proven, verifier)
-        todo = [PackageCheck(w.expected.path, ctx.pool.path_for(w.expected.sha256))
-                for w in {w.expected.sha256: w for w in wanted}.values() if w.expected.sha256 not in proven]
-        halves = [todo[i::2] for i in range(2)]  # two rpmkeys processes: one per core
-        results = await asyncio.gather(*(asyncio.to_thread(verifier.check, h) for h in halves if h))
-        problems = [p for r in results for p in r]
+        checks = self._signatures or await self._start_signature_checks(ctx)
+        # Most were submitted as they landed in the pool (`ctx.on_present`); this catches the rest.
+        for w in {w.expected.sha256: w for w in wanted}.values():
+            checks.submit(w.expected.path, w.expected.sha256)
+        problems = await checks.finish()
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise SignatureError(f"package signature check failed: {problems[0]}{more}", repo=ctx.repo.name)
-        await asyncio.to_thread(_remember, verifier, [c.file.name for c in todo])
+        await asyncio.to_thread(_remember, (await checks.verifier).dbpath, checks.checked)
+
+    async def _start_signature_checks(self, ctx: SyncContext) -> SignatureChecks:
+        """Check package signatures while the packages download: each package the fetch stores
+        (or finds in the pool) is queued for `rpmkeys` at once; `verify_fetched` waits for the end."""
+        root = ctx.settings.storage.root / "rpmdb"
+        proven = await asyncio.to_thread(_proven, database_path(ctx.keyring, root))
+        verifier = asyncio.ensure_future(asyncio.to_thread(PackageVerifier, ctx.keyring, root))
+        checks = self._signatures = SignatureChecks(verifier, proven, ctx.pool.path_for)
+        ctx.on_close.append(checks.aclose)
+
+        def present(expected: ExpectedFile) -> None:
+            if expected.kind is EntryKind.PACKAGE:
+                checks.submit(expected.path, expected.sha256)
+
+        ctx.on_present = present
+        return checks
 
     async def plan(self, ctx: SyncContext, roots: Sequence[VerifiedRoot]) -> list[Wanted]:
         (root,) = roots
@@ -123,7 +140,10 @@ class RpmFormat:
             from mirror.repodata import regenerate
 
             entries, wanted = await regenerate(ctx, root.repomd, digests, entries, root.files)
-        return wanted + await _packages(ctx, entries)
+        packages = await _packages(ctx, entries)
+        if ctx.repo.package_signatures == "require":
+            await self._start_signature_checks(ctx)
+        return wanted + packages
 
 
 def _check_base(ctx: SyncContext, base: str | None, what: str) -> None:
