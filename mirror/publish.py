@@ -77,11 +77,17 @@ class StoreCatalog:
         self.mirror_signed = frozenset(mirror_signed)
         self._lock = threading.Lock()
         self._version: tuple[int, int] | None = None
+        self._hint: bytes | None = None
         self._view = _View({}, {}, {})
         self._manifests: OrderedDict[tuple[str, str], dict[str, ManifestEntry]] = OrderedDict()
         self.pins: Pins = pins if pins is not None else MemoryPins()
 
     def _current_view(self) -> _View:
+        # Asked on every request: the store's cheap hint first (no SQL), read before the marker so
+        # that a commit in between is seen at the next look rather than hidden behind it.
+        hint = self.store.change_hint()
+        if hint is not None and hint == self._hint:
+            return self._view
         with self._lock:
             version = self.store.change_marker()
             if version != self._version:
@@ -99,6 +105,7 @@ class StoreCatalog:
                 # gc may have removed a snapshot: forget its cached manifest
                 for key in [k for k in self._manifests if not self.store.has_snapshot(*k)]:
                     del self._manifests[key]
+            self._hint = hint
             return self._view
 
     def _load_issued(self) -> dict[tuple[str, str], dict[str, tuple[tuple[str, ManifestEntry], ...]]]:

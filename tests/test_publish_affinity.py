@@ -94,3 +94,24 @@ def test_shared_pins_start_afresh_and_expire(tmp_path: Path, monkeypatch: pytest
     assert pins.get("10.0.0.1", "repo", "dev") is None
     pins.close()
     assert SharedPins(pins_path(tmp_path), create=True).get("10.0.0.1", "repo", "dev") is None
+
+
+def test_change_hint_moves_with_every_commit_of_any_connection(tmp_path: Path) -> None:
+    """The catalog skips the SQL look at the data version while the WAL-index header is unchanged:
+    every commit (of another connection or its own) must change it, and a pure read must not."""
+    pool, tiers, new = _dev_serves_old(tmp_path)
+    reader = Store(tmp_path / "state.db")
+    catalog = StoreCatalog(reader, pool, grace=timedelta(hours=1))
+    first = reader.change_hint()
+    assert first is not None and len(first) == 48
+    catalog.lookup_tier("dev", "repo", INDEX)
+    assert reader.change_hint() == first  # reading changes nothing
+    tiers.promote("repo", "dev", snapshot=new, actor="t")  # another connection commits
+    assert reader.change_hint() != first
+    entry = catalog.lookup_tier("dev", "repo", INDEX)
+    assert entry is not None and pool.path_for(entry.sha256).read_bytes() == b"new index"
+    second = reader.change_hint()
+    with reader.transaction() as db:  # its own connection commits
+        db.execute("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)")
+    assert reader.change_hint() != second
+    reader.close()
