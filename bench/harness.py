@@ -273,15 +273,29 @@ class PhaseDirs:
         (d / self.marker).write_text(f"made by {self.writer}; deleted at its next run\n")
         return d
 
+    @property
+    def trash(self) -> Path:
+        return self.work / "trash"
+
     def reset(self) -> None:
-        """Delete what any phase left, then flush: the common starting point of every phase."""
+        """Move what any phase left aside (into `trash`), then flush: the common starting point
+        of every phase. Not deleted here: ext4 without a journal (this VM's root) skips, and
+        checks one by one, the inodes freed in the last minute whenever it creates a file, so
+        deleting one phase's thousands of files would charge the next phase for them, and most
+        the phase that creates the most files. `empty_trash` deletes them after the rounds."""
         for d in map(self.path, self.phases):
             if d.exists():
                 if not (d / self.marker).exists():
                     raise BenchError(f"{d} exists but was not made by this script; move it away or "
                                      f"choose another --workdir")
-                shutil.rmtree(d)
+                self.trash.mkdir(exist_ok=True)
+                d.rename(self.trash / f"{d.name}.{time.monotonic_ns()}")
         os.sync()
+
+    def empty_trash(self) -> None:
+        """Delete what `reset` moved aside (after the measurements; also a killed run's)."""
+        if self.trash.is_dir():
+            shutil.rmtree(self.trash)
 
 
 def rotation(phases: Sequence[str], round_index: int) -> tuple[str, ...]:

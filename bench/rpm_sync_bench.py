@@ -14,7 +14,8 @@ target (or "report" for figures without one), and writes everything as JSON to
 2. nginx serves it on a free loopback port (2 workers, sendfile, no access log, a stub_status
    request counter); stopped at the end, also on errors, Ctrl-C and SIGTERM.
 3. Timed in this run, ``--rounds`` rounds with the order rotated, each phase starting from the
-   same state (the previous phase's files deleted, then ``sync``); medians are reported:
+   same state (the previous phase's files moved aside, then ``sync``; deleted after the rounds:
+   see ``harness.PhaseDirs.reset``); medians are reported:
    - raw limit: one ``curl --parallel --parallel-max 10`` process fetching every package, then
      SHA-256 of every file (``hashlib.file_digest``, one thread) checked against primary.xml;
    - mirror, twice: ``mirror -c CFG sync --no-progress`` as a subprocess into a fresh storage
@@ -364,6 +365,7 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
                 say(f"  {phase:<15} {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
                     f"{res['peak_rss_mb']:.0f} MB{noop})")
             per_round[phase].append(res)
+    dirs.empty_trash()
     limit, reposync = per_round["limit"], per_round["reposync"]
     out: dict[str, Any] = {
         "limit": {"command": limit[0]["command"], "hash": LIMIT_HASH,

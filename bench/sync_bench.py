@@ -26,7 +26,8 @@ even when a target is missed; 2 when it cannot measure). `make bench` installs n
    ``/usr/bin/time -v``, else ``os.wait4``); after the last round the no-op resync five times.
 
 The three initial syncs run ``--rounds`` times with the order rotated, each phase starting from
-the same state (the previous phase's files deleted, then ``sync``); medians are reported.
+the same state (the previous phase's files moved aside, then ``sync``; deleted after the rounds:
+see ``harness.PhaseDirs.reset``); medians are reported.
 
 Targets: limit/mirror >= 0.8; mirror/aptly < 1.0; no-op resync <= 0.5 s; peak RSS <= 150 MB.
 """
@@ -321,6 +322,7 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
                 say(f"  mirror  {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
                     f"{res['peak_rss_mb']:.0f} MB{noop})")
             per_round[phase].append(res)
+    dirs.empty_trash()
     limit, aptly, mirror = per_round["limit"], per_round["aptly"], per_round["mirror"]
     noops = [t for m in mirror for t in m["noop_s"]]
     return {
