@@ -353,6 +353,7 @@ def _utc_text(moment: datetime) -> str:
 #: Bytes of one copy of SQLite's WAL-index header (iVersion, unused, iChange, isInit,
 #: bigEndCksum, szPage, mxFrame, nPage, aFrameCksum, aSalt, aCksum).
 _WAL_INDEX_HEADER = 48
+_SHM_DESCRIPTORS: list[int] = []  # `-shm` descriptors Store.change_hint opened: never closed
 
 
 class Store:
@@ -451,8 +452,12 @@ class Store:
         return shm[:_WAL_INDEX_HEADER]
 
     def _map_shm(self) -> mmap.mmap | None:
-        # Ours stays open as long as this connection is (it holds SQLite's "dead man switch"
-        # lock), so the mapping never outlives the file's content.
+        # The descriptor is deliberately never closed: POSIX record locks belong to the process
+        # and the file, so closing *any* descriptor of `-shm` would drop the locks SQLite's own
+        # connections hold on it (its "dead man switch"), and the next process to open the
+        # database would truncate the file under every mapping (SIGBUS). One descriptor per
+        # catalog store; the mapping is only read while this connection is open, and while it
+        # is, nobody truncates the file.
         try:
             fd = os.open(f"{self.path}-shm", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -464,7 +469,7 @@ class Store:
         except (OSError, ValueError):
             return None
         finally:
-            os.close(fd)
+            _SHM_DESCRIPTORS.append(fd)  # kept open for the process's lifetime (see above)
 
     @_locked
     def ping(self) -> None:

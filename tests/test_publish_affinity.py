@@ -115,3 +115,47 @@ def test_change_hint_moves_with_every_commit_of_any_connection(tmp_path: Path) -
         db.execute("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)")
     assert reader.change_hint() != second
     reader.close()
+
+
+_HINT_READER = """
+import sys
+from pathlib import Path
+from mirror.store import Store
+store = Store(Path(sys.argv[1]))
+assert store.change_hint() is not None
+print("ready", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+_DMS_PROBE = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+# SQLite's "dead man switch": byte 128 of -shm, read-locked by every process with a connection
+probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+print("held" if struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
+      else "free")
+"""
+
+
+def test_change_hint_keeps_the_sqlite_locks_of_its_process(tmp_path: Path) -> None:
+    """Closing any descriptor of `-shm` drops every POSIX lock the process holds on it, SQLite's
+    own included: another process opening the database would then truncate the file under the
+    mapping (SIGBUS on the next change_hint; a crash of `mirror serve` under load). The reader's
+    lock on SQLite's dead-man-switch byte must survive change_hint."""
+    import subprocess
+    import sys
+
+    from tests.helpers import CHECKOUT
+
+    db = str(tmp_path / "state.db")  # made by the reader: this process holds no lock on it
+    reader = subprocess.Popen([sys.executable, "-c", _HINT_READER, db], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=CHECKOUT)
+    assert reader.stdout is not None
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, db], capture_output=True, text=True)
+        assert probe.stdout.strip() == "held", probe
+    finally:
+        reader.communicate("done\n", timeout=30)
+    assert reader.returncode == 0
