@@ -225,9 +225,11 @@ class AdvisoryFilter:
         return allowed
 
 
-def report_unresolved(flt: PackageFilter, unresolved: Sequence[Unresolved], *, what: str) -> None:
+def report_unresolved(flt: PackageFilter, unresolved: Sequence[Unresolved], *, what: str,
+                      notes: list[str] | None = None) -> None:
     """Log the kept packages' needs that nothing in the repo provides: one warning per index, each
-    need named with the (first) package that has it."""
+    need named with the (first) package that has it; the same line goes into `notes` (the sync
+    run's message, `mirror status` and the API's sync runs show it)."""
     if not unresolved:
         return
     by_need: dict[str, list[str]] = {}
@@ -236,6 +238,9 @@ def report_unresolved(flt: PackageFilter, unresolved: Sequence[Unresolved], *, w
     parts = [f"{need} (needed by {who[0]}{f' and {len(who) - 1} more' if len(who) > 1 else ''})"
              for need, who in list(by_need.items())[:REPORTED_NEEDS]]
     more = f"; and {len(by_need) - REPORTED_NEEDS} more" if len(by_need) > REPORTED_NEEDS else ""
-    where = f"{flt.repo}: {what}" if flt.repo else what
-    log.warning("%s: with_deps: nothing in the repo provides %s (left to the clients' other repos): %s%s",
-                where, "this need" if len(by_need) == 1 else f"{len(by_need)} needs", "; ".join(parts), more)
+    line = (f"{what}: with_deps: nothing in the repo provides "
+            f"{'this need' if len(by_need) == 1 else f'{len(by_need)} needs'} (left to the clients' other "
+            f"repos): {'; '.join(parts)}{more}")
+    log.warning("%s", f"{flt.repo}: {line}" if flt.repo else line)
+    if notes is not None:
+        notes.append(line)

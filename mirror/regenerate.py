@@ -52,14 +52,14 @@ def signer_for(ctx: SyncContext) -> MirrorSigner:
 
 
 def filter_suite(flt: PackageFilter, indices: Sequence[tuple[str, bytes]], *, suite: str,
-                 ) -> list[tuple[list[BinaryPackage], bytes]]:
+                 notes: list[str] | None = None) -> list[tuple[list[BinaryPackage], bytes]]:
     """Blocking: `filter_packages` for every Packages index of a suite (`indices`: path and verified
     content, `.../binary-<arch>/Packages`), in order. With `with_deps`, what the kept packages
     need is resolved across the whole suite, one architecture at a time: a package in one
     component may need one in another (contrib on main), and `Architecture: all` packages (the
     `binary-all` index) count for every architecture."""
     if not flt.with_deps:
-        return [filter_packages(flt, data, what=what) for what, data in indices]
+        return [filter_packages(flt, data, what=what, notes=notes) for what, data in indices]
     parsed = [(what, packages_paragraphs(data, what=what)) for what, data in indices]
     arch_of = [what.rsplit("/binary-", 1)[-1].split("/", 1)[0] for what, _ in parsed]
     archs = sorted({a for a in arch_of if a != "all"}) or ["all"]
@@ -80,7 +80,7 @@ def filter_suite(flt: PackageFilter, indices: Sequence[tuple[str, bytes]], *, su
             return package_needs(p, text, what=parsed[member[0]][0])
 
         selection = flt.select_with_deps(members, ident, needs)
-        report_unresolved(flt, selection.unresolved, what=f"dists/{suite} ({arch})")
+        report_unresolved(flt, selection.unresolved, what=f"dists/{suite} ({arch})", notes=notes)
         for n, i in selection.kept:
             kept[n].add(i)
     out: list[tuple[list[BinaryPackage], bytes]] = []
@@ -91,7 +91,8 @@ def filter_suite(flt: PackageFilter, indices: Sequence[tuple[str, bytes]], *, su
     return out
 
 
-def filter_packages(flt: PackageFilter, data: bytes, *, what: str) -> tuple[list[BinaryPackage], bytes]:
+def filter_packages(flt: PackageFilter, data: bytes, *, what: str,
+                    notes: list[str] | None = None) -> tuple[list[BinaryPackage], bytes]:
     """Blocking: the kept packages of a verified Packages index and the new index text (their
     paragraphs). With `with_deps`, plus what they need from the same index (Depends, Pre-Depends,
     Provides; resolved by libsolv); needs nothing there provides are logged by name."""
@@ -104,7 +105,7 @@ def filter_packages(flt: PackageFilter, data: bytes, *, what: str) -> tuple[list
         return package_needs(pair[0], pair[1], what=what)
 
     selection = flt.select_with_deps(pairs, ident, needs)
-    report_unresolved(flt, selection.unresolved, what=what)
+    report_unresolved(flt, selection.unresolved, what=what, notes=notes)
     kept = selection.kept
     text = b"\n\n".join(t for _, t in kept) + (b"\n" if kept else b"")
     return [p for p, _ in kept], text

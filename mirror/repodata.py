@@ -78,11 +78,13 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(ctx.pool.path_for(digests[record.type]))
             records[record.type] = UpstreamRecord(record, link)
+        notes: list[str] = []
         try:
             kept = await asyncio.to_thread(select_entries, repo_filter(ctx), entries, allowed,
-                                           records.get("primary"))
+                                           records.get("primary"), notes)
         except MirrorError as exc:
             raise exc.with_context(repo=ctx.repo.name) from None
+        ctx.notes.extend(notes)
         advisory_ids = None
         if "updateinfo" in digests:
             ctx.advisories = kept_advisories(ctx.advisories, kept)
@@ -107,7 +109,7 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
 
 def select_entries(flt: PackageFilter, entries: list[RpmPackageEntry],
                    allowed: Callable[[str, str, str], bool] | None,
-                   primary: UpstreamRecord | None) -> list[RpmPackageEntry]:
+                   primary: UpstreamRecord | None, notes: list[str] | None = None) -> list[RpmPackageEntry]:
     """Blocking: the entries the filters keep; with `with_deps`, plus what they need, read from the
     verified primary (Requires, Provides, files) and resolved by libsolv. Needs nothing in the repo
     provides are logged by name (see mirror.dependencies)."""
@@ -129,7 +131,7 @@ def select_entries(flt: PackageFilter, entries: list[RpmPackageEntry],
                                          path=what) from None
 
     selection = flt.select_with_deps(entries, ident, needs, allowed)
-    report_unresolved(flt, selection.unresolved, what=what)
+    report_unresolved(flt, selection.unresolved, what=what, notes=notes)
     return selection.kept
 
 

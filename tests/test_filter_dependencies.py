@@ -423,6 +423,14 @@ def test_security_only_rpm_snapshot_with_dependencies_known_answer(
     warnings = [r.getMessage() for r in caplog.records if "with_deps" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("secdeps: ")
     assert warnings[0].endswith(": telnet (needed by hello 1.2-1 x86_64)")
+    # ... and the successful run's record says it too (mirror status, the API's sync runs)
+    store = mirrors["secdeps"][0].store()
+    try:
+        (run,) = store.sync_runs("secdeps")
+    finally:
+        store.close()
+    assert run.outcome == "snapshot" and run.message is not None
+    assert run.message.endswith(": telnet (needed by hello 1.2-1 x86_64)") and "with_deps" in run.message
 
     def packages(name: str) -> list[str]:
         mirror, snapshot = mirrors[name]

@@ -341,7 +341,9 @@ async def _filtered_packages(ctx: SyncContext, suite: str, indices: list[tuple[s
     from mirror.regenerate import filter_suite, generated_packages, repo_filter
 
     try:
-        results = await asyncio.to_thread(filter_suite, repo_filter(ctx), indices, suite=suite)
+        notes: list[str] = []
+        results = await asyncio.to_thread(filter_suite, repo_filter(ctx), indices, suite=suite, notes=notes)
+        ctx.notes.extend(notes)
     except MirrorError as exc:
         raise exc.with_context(repo=ctx.repo.name, path=f"dists/{suite}/Release") from None
     out: list[Wanted] = []
