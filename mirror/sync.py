@@ -32,7 +32,6 @@ from mirror.errors import (
     RollbackError,
 )
 from mirror.fetch import Fetcher, FetchPolicy, with_retries
-from mirror.formats.rpm import revision_problem
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
 from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
@@ -222,7 +221,7 @@ def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: d
             raise FutureMetadataError(
                 f"dated in the future: Date {record.date.isoformat()} is more than {MAX_FUTURE_SKEW} "
                 f"after now ({ctx.now.replace(microsecond=0).isoformat()})", repo=ctx.repo.name, path=what)
-        problem = revision_problem(record.revision, ctx.now, MAX_FUTURE_SKEW)
+        problem = _revision_problem(record.revision, ctx.now)
         if problem is not None:
             raise FutureMetadataError(problem, repo=ctx.repo.name, path=what)
         before = previous.get(record.name)
@@ -236,6 +235,14 @@ def check_freshness(ctx: SyncContext, roots: Sequence[VerifiedRoot], previous: d
             raise RollbackError(
                 f"rollback refused: Date {record.date.isoformat()} is older than "
                 f"{before.date.isoformat()} of the last accepted snapshot", repo=ctx.repo.name, path=what)
+
+
+def _revision_problem(revision: str | None, now: datetime) -> str | None:
+    if revision is None:  # APT roots have none: no need to load the RPM format module
+        return None
+    from mirror.formats.rpm import revision_problem
+
+    return revision_problem(revision, now, MAX_FUTURE_SKEW)
 
 
 def _older_revision(new: str | None, old: str | None) -> bool:
