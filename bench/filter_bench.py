@@ -151,6 +151,7 @@ def _range_patterns(keep: int) -> list[str]:
 
 def child_rpm(inputs: Path, keep: int, home: Path, key: str, tmp: Path) -> dict[str, float]:
     from mirror.filters import PackageFilter
+    from mirror.formats.compression import decompress_to_file
     from mirror.formats.rpm import RepomdRecord, parse_primary
     from mirror.formats.updateinfo import load_updateinfo
     from mirror.repodata import UpstreamRecord, kept_advisories, write_repodata
@@ -158,7 +159,9 @@ def child_rpm(inputs: Path, keep: int, home: Path, key: str, tmp: Path) -> dict[
 
     signer = MirrorSigner.load(home, key)
     start = time.perf_counter()
-    entries = parse_primary(inputs / "primary.xml.gz", what="primary")
+    plain = tmp / "primary.xml"  # as a sync does: decompressed with a cap, then parsed
+    decompress_to_file(inputs / "primary.xml.gz", "gz", plain, cap=1 << 32, what="primary")
+    entries = parse_primary(plain, what="primary")
     parsed = time.perf_counter()
     advisories = load_updateinfo(inputs / "updateinfo.xml.gz", "gz", cap=1 << 32, what="updateinfo",
                                  tmp_dir=tmp)
