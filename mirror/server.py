@@ -38,7 +38,7 @@ from mirror.store import Store
 from mirror.tokens import TokenRing
 from mirror.web.api import make_api_app
 from mirror.web.guard import ConnectionGuard, GuardPolicy
-from mirror.web.repo import make_repo_app, run_servers
+from mirror.web.repo import repo_handler, run_servers
 from mirror.web.workers import RepoWorkers
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,12 @@ async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], 
         metrics = Metrics()
         metrics.add_state(api_store, settings.repo_names, stale_after=settings.sync.stale_after,
                           expiry_warning=settings.sync.expiry_warning)
-        repo_app = make_repo_app(catalog)
-        metrics.count_responses(repo_app, "repo")
+        responses = metrics.requests
+
+        def count_response(status: int) -> None:
+            responses.labels("repo", str(status)).inc()
+
+        repo_app = repo_handler(catalog, on_response=count_response)
         api_app = make_api_app(settings, api_store, tokens=tokens, metrics=metrics, releases=issuer)
         if issuer is not None:
             api_app.cleanup_ctx.append(_release_refresher(issuer))

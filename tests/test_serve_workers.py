@@ -203,3 +203,22 @@ def test_sigterm_stops_main_and_workers_gracefully(tmp_path: Path, archive_key: 
         with pytest.raises(OSError), socket.create_connection(
                 ("127.0.0.1", int(served.repo_url.rsplit(":", 1)[1])), timeout=2):
             pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_low_level_repo_port_answers_other_methods_405_with_security_headers(
+        tmp_path: Path, archive_key: SigningKey, workers: int) -> None:
+    """`mirror serve` runs the repo port on aiohttp's low-level server (no router): 405 for other
+    methods, the security headers and the metrics on every answer, in one process or in workers."""
+    mirror, _, _ = _mirror(tmp_path, archive_key, workers=workers)
+    with serve_both(mirror) as served:
+        for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+            reply = http(method, f"{served.repo_url}/dev/repo/{DEB_PATH}", raw=b"x")
+            assert reply.status == 405 and reply.headers["allow"] == "GET,HEAD", (method, reply)
+            assert reply.headers["x-content-type-options"] == "nosniff"
+        for path, status in ((f"/dev/repo/{DEB_PATH}", 200), ("/dev/repo/missing", 404)):
+            reply = http("GET", served.repo_url + path)
+            assert reply.status == status, path
+            assert reply.headers["x-frame-options"] == "DENY" and reply.headers["server"] == "mirror"
+            assert "cache-control" in reply.headers
+        assert _wait(lambda: _metric(served, 'mirror_http_requests_total{server="repo",status="405"}') == 4)

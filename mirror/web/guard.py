@@ -458,7 +458,7 @@ class GuardedConnection(asyncio.Protocol):
         transport.abort()
 
 
-async def start_guarded_server(runner: web.AppRunner, guard: ConnectionGuard, host: str | None, port: int,
+async def start_guarded_server(runner: web.BaseRunner, guard: ConnectionGuard, host: str | None, port: int,
                                *, backlog: int = 1024) -> asyncio.Server:
     """Listen on (host, port) for `runner`'s application behind `guard`; `runner` must be set up.
 

@@ -334,8 +334,8 @@ class _Reporter:
         self.guard = guard
         self.responses: Counter[str] = Counter()
 
-    async def count(self, request: web.Request, response: web.StreamResponse) -> None:
-        self.responses[str(response.status)] += 1
+    def count(self, status: int) -> None:
+        self.responses[str(status)] += 1
 
     def write(self) -> None:
         guard = self.guard
@@ -353,7 +353,7 @@ async def _serve_worker(config: Path, channel: socket.socket) -> None:
     from mirror.config import load
     from mirror.server import guard_policy, make_catalog
     from mirror.store import Store
-    from mirror.web.repo import make_repo_app
+    from mirror.web.repo import repo_handler
 
     settings = load(config, check_keys=False)
     loop = asyncio.get_running_loop()
@@ -378,13 +378,12 @@ async def _serve_worker(config: Path, channel: socket.socket) -> None:
     store = Store(settings.storage.root / "state.db")
     pins = SharedPins(pins_path(settings.storage.root))
     try:
-        app = make_repo_app(make_catalog(settings, store, pins=pins))
         guard = _WorkerGuard(guard_policy(settings), channel)
         reporter = _Reporter(guard)
-        app.on_response_prepare.append(reporter.count)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               keepalive_timeout=settings.server.idle_timeout,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT)
+        handler = repo_handler(make_catalog(settings, store, pins=pins), on_response=reporter.count)
+        runner = web.ServerRunner(web.Server(handler, access_log=None,
+                                             keepalive_timeout=settings.server.idle_timeout),
+                                  handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         assert runner.server is not None
         factory = guard.protocol_factory(runner.server)
