@@ -21,9 +21,10 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mirror.config import Settings
 from mirror.diff import (
@@ -48,34 +49,51 @@ from mirror.tiers import Tiers, parse_moment
 __all__ = ["CveReport", "DiffPage", "DiffResult", "compute_diff", "cve_report", "diff_page",
            "pending_advisories", "resolve_ref"]
 
-_CACHE_SIZE = 8
-_cache: OrderedDict[tuple[str, str, str], PackageSet] = OrderedDict()
-_cache_lock = threading.Lock()
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A small thread-safe LRU of values computed outside the lock (snapshots never change, so
+    two threads computing the same value at once is only wasted work)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K, compute: Callable[[], V]) -> V:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_package_sets: _Lru[tuple[str, str, str], PackageSet] = _Lru(8)
+_diffs: _Lru[tuple[str, str, str, str], Diff] = _Lru(4)
 
 
 def package_set(store: Store, repo: str, snapshot: str) -> PackageSet:
     """The snapshot's PackageSet, from the cache or the store (NotFoundError if none)."""
-    key = (str(store.path), repo, snapshot)
-    with _cache_lock:
-        found = _cache.get(key)
-        if found is not None:
-            _cache.move_to_end(key)
-            return found
-    ps = store.package_set(repo, snapshot)
-    with _cache_lock:
-        _cache[key] = ps
-        _cache.move_to_end(key)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return ps
+    return _package_sets.get((str(store.path), repo, snapshot), lambda: store.package_set(repo, snapshot))
 
 
 def clear_cache() -> None:
     """Forget the cached package sets and diffs."""
-    with _cache_lock:
-        _cache.clear()
-    with _diffs_lock:
-        _diffs.clear()
+    _package_sets.clear()
+    _diffs.clear()
 
 
 def resolve_ref(store: Store, settings: Settings, repo: str, ref: str) -> SnapshotRef:
@@ -149,27 +167,12 @@ DEFAULT_PAGE = 1000
 MAX_PAGE = 10000
 _MAX_OFFSET = 10**9
 MAX_CURSOR = 200
-_DIFF_CACHE_SIZE = 4
-_diffs: OrderedDict[tuple[str, str, str, str], Diff] = OrderedDict()
-_diffs_lock = threading.Lock()
 
 
 def cached_diff(store: Store, kind: str, repo: str, a: str, b: str) -> Diff:
     """The diff of two snapshots, kept in a small LRU: paging through a big diff computes it once
     (snapshots never change; a deleted one is checked for by the caller)."""
-    key = (str(store.path), repo, a, b)
-    with _diffs_lock:
-        found = _diffs.get(key)
-        if found is not None:
-            _diffs.move_to_end(key)
-            return found
-    diff = _snapshot_diff(store, kind, repo, a, b)
-    with _diffs_lock:
-        _diffs[key] = diff
-        _diffs.move_to_end(key)
-        while len(_diffs) > _DIFF_CACHE_SIZE:
-            _diffs.popitem(last=False)
-    return diff
+    return _diffs.get((str(store.path), repo, a, b), lambda: _snapshot_diff(store, kind, repo, a, b))
 
 
 def _refs_tag(from_ref: str, to_ref: str) -> str:

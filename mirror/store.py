@@ -356,6 +356,20 @@ _WAL_INDEX_HEADER = 48
 _SHM_DESCRIPTORS: list[int] = []  # `-shm` descriptors Store.change_hint opened: never closed
 
 
+
+def _newest_first(query: str, args: list[object], until: datetime | None,
+                  limit: int | None) -> tuple[str, list[object]]:
+    """An append-only history query (rows with `at` and `id`): at or before `until`, newest first,
+    at most `limit` rows."""
+    if until is not None:
+        query += " AND at <= ?"
+        args.append(_utc_text(until))
+    query += " ORDER BY id DESC"
+    if limit is not None:
+        query += " LIMIT ?"
+        args.append(limit)
+    return query, args
+
 class Store:
     """The state database. `actor` is who this connection acts for (recorded on sync runs)."""
 
@@ -675,14 +689,7 @@ class Store:
         if tier is not None:
             query += " AND tier = ?"
             args.append(tier)
-        if until is not None:
-            query += " AND at <= ?"
-            args.append(_utc_text(until))
-        query += " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT ?"
-            args.append(limit)
-        return [_move(r) for r in self.db.execute(query, args)]
+        return [_move(r) for r in self.db.execute(*_newest_first(query, args, until, limit))]
 
     @_locked
     def tiers_at(self, repo: str, moment: datetime) -> dict[str, TierMove]:
@@ -853,15 +860,7 @@ class Store:
                            limit: int | None = None) -> list[SnapshotDeletion]:
         """A repo's snapshot deletions, newest first; `until`: only those made at or before then."""
         query = f"SELECT {_DELETION_COLUMNS} FROM snapshot_deletions WHERE repo = ?"
-        args: list[object] = [repo]
-        if until is not None:
-            query += " AND at <= ?"
-            args.append(_utc_text(until))
-        query += " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT ?"
-            args.append(limit)
-        return [_deletion(r) for r in self.db.execute(query, args)]
+        return [_deletion(r) for r in self.db.execute(*_newest_first(query, [repo], until, limit))]
 
     @_locked
     def referenced_digests(self) -> set[str]:

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 from mirror.errors import MalformedMetadataError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import createrepo_c as cr
+
     from mirror.dependencies import PackageNeeds, Relation
 
 REPO_NS = "{http://linux.duke.edu/metadata/repo}"
@@ -242,10 +246,28 @@ def check_text_runs(path: Path, *, what: str, limit: int = MAX_TEXT_RUN) -> None
             pos += len(chunk)
 
 
+def _stream_primary(path: Path, pkgcb: Callable[[cr.Package], bool], *, what: str, do_files: bool) -> None:
+    """createrepo_c's streaming primary parser with `pkgcb` per package; a parse error or any
+    parser warning is refused (MalformedMetadataError naming `what`)."""
+    import createrepo_c as cr
+
+    warnings: list[str] = []
+
+    def warningcb(kind: int, message: str) -> bool:
+        warnings.append(message)
+        return True
+
+    try:
+        cr.xml_parse_primary(str(path), pkgcb=pkgcb, do_files=do_files, warningcb=warningcb)
+    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
+        raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
+    if warnings:
+        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
+
+
 def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
     """Blocking: stream-parse an uncompressed primary.xml already verified (a compressed one is
     refused: createrepo_c would decompress it without a cap); no text run over MAX_TEXT_RUN."""
-    import createrepo_c as cr
 
     check_prolog(path, what=what)
     check_text_runs(path, what=what)
@@ -253,7 +275,6 @@ def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
         head = f.read(4096)
     declared = _PACKAGES_ATTR.search(head)
     out: list[RpmPackageEntry] = []
-    warnings: list[str] = []
 
     def pkgcb(pkg: cr.Package) -> bool:
         out.append(RpmPackageEntry(
@@ -263,16 +284,7 @@ def parse_primary(path: Path, *, what: str) -> list[RpmPackageEntry]:
             checksum=(pkg.pkgId or "").lower()))
         return True
 
-    def warningcb(kind: int, message: str) -> bool:
-        warnings.append(message)
-        return True
-
-    try:
-        cr.xml_parse_primary(str(path), pkgcb=pkgcb, do_files=False, warningcb=warningcb)
-    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
-        raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
-    if warnings:
-        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
+    _stream_primary(path, pkgcb, what=what, do_files=False)
     if declared is not None and int(declared.group(1)) != len(out):
         raise MalformedMetadataError(f"declares packages=\"{int(declared.group(1))}\" but lists {len(out)} "
                                      "packages", path=what)
@@ -303,13 +315,11 @@ def parse_primary_needs(path: Path, *, what: str) -> dict[str, PackageNeeds]:
     """Blocking: what each package of a verified primary.xml offers and needs (`with_deps` only:
     the plain parse above skips all this), keyed by package checksum (lower case): Requires
     (rpmlib() ones left out: rpm itself provides them), Provides, and the files primary lists."""
-    import createrepo_c as cr
 
     from mirror.dependencies import PackageNeeds
 
     check_prolog(path, what=what, compressed=True)
     out: dict[str, PackageNeeds] = {}
-    warnings: list[str] = []
 
     def pkgcb(pkg: cr.Package) -> bool:
         epoch, version, release = pkg.epoch or "0", pkg.version or "", pkg.release or ""
@@ -321,14 +331,5 @@ def parse_primary_needs(path: Path, *, what: str) -> dict[str, PackageNeeds]:
             tuple(f"{directory}{name}" for _kind, directory, name in pkg.files or ()))
         return True
 
-    def warningcb(kind: int, message: str) -> bool:
-        warnings.append(message)
-        return True
-
-    try:
-        cr.xml_parse_primary(str(path), pkgcb=pkgcb, do_files=True, warningcb=warningcb)
-    except Exception as exc:  # createrepo_c raises its own error type for malformed XML
-        raise MalformedMetadataError(f"cannot parse: {exc}", path=what) from None
-    if warnings:
-        raise MalformedMetadataError(f"parser warnings: {'; '.join(warnings[:3])}", path=what)
+    _stream_primary(path, pkgcb, what=what, do_files=True)
     return out
