@@ -14,7 +14,7 @@ as JSON to ``<workdir>/promote_bench.json`` (exit 0 even when a target is missed
    row update + one history row, BEGIN IMMEDIATE, fsync'd commit as configured: WAL, FULL),
    after a WAL checkpoint of the bulk insert and 20 warm-up moves each, in three interleaved
    rounds; median, p95 and max per repo, and the ratio big/small of the medians.
-3. Serving under moves: the repo-port app (``make_repo_app`` + ``StoreCatalog``, as ``mirror
+3. Serving under moves: the repo-port app (``RepoResponder`` + ``StoreCatalog``, as ``mirror
    serve`` runs it) in a subprocess; ``wrk`` (Debian package ``wrk``; else a built-in aiohttp
    load generator) fetches a 4 KiB package under ``/dev/big/...`` for ``--seconds``: first with
    no moves, then while another process promotes dev of "big" back and forth every 50 ms;
@@ -125,10 +125,10 @@ def summary(times: list[float]) -> dict[str, float]:
 def serve_main(root: Path, port: int) -> None:
     """--serve mode: the repo port as `mirror serve` runs it, until SIGTERM."""
     from mirror.publish import StoreCatalog
-    from mirror.web.repo import make_repo_app, run_servers
+    from mirror.web.repo import RepoResponder, run_servers
 
     catalog = StoreCatalog(Store(root / "state.db"), Pool(root))
-    asyncio.run(run_servers([(make_repo_app(catalog), "127.0.0.1", port)]))
+    asyncio.run(run_servers([(RepoResponder(catalog), "127.0.0.1", port)]))
 
 
 def wait_up(url: str, timeout: float = 20) -> None:

@@ -38,7 +38,7 @@ from mirror.store import Store
 from mirror.tokens import TokenRing
 from mirror.web.api import make_api_app
 from mirror.web.guard import ConnectionGuard, GuardPolicy
-from mirror.web.repo import repo_handler, run_servers
+from mirror.web.repo import RepoResponder, run_servers
 from mirror.web.workers import RepoWorkers
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ async def serve(settings: Settings, *, ready: Callable[[list[tuple[str, int]]], 
         def count_response(status: int) -> None:
             responses.labels("repo", str(status)).inc()
 
-        repo_app = repo_handler(catalog, on_response=count_response)
+        repo_app = RepoResponder(catalog, on_response=count_response)
         api_app = make_api_app(settings, api_store, tokens=tokens, metrics=metrics, releases=issuer)
         if issuer is not None:
             api_app.cleanup_ctx.append(_release_refresher(issuer))

@@ -268,29 +268,56 @@ def seed_snapshot(store: Store, pool: Pool, repo: str, files: dict[str, bytes], 
 
 @contextlib.contextmanager
 def app_in_thread(app: Any) -> Iterator[str]:
-    """Serve an aiohttp application on 127.0.0.1 (ephemeral port) from a background thread."""
+    """Serve an aiohttp application, or a repo-port `RepoResponder` (through the repo port's own
+    `RepoServer`), on 127.0.0.1 (ephemeral port) from a background thread; yields the base URL."""
+    with serve_in_thread(app) as (port, _guard):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, policy: Any = None, host: str = "127.0.0.1") -> Iterator[tuple[int, Any]]:
+    """`app` (an aiohttp application, or a `mirror.web.repo.RepoResponder`) behind a
+    `ConnectionGuard` of `policy` on (host, ephemeral port), from a background thread; yields the
+    port and the guard. On exit the server shuts down as `mirror serve` does."""
     import threading
 
     from aiohttp import web
 
+    from mirror.web.connection import RepoServer
+    from mirror.web.guard import ConnectionGuard, GuardPolicy, start_guarded_server
+    from mirror.web.repo import RepoResponder
+
+    policy = policy or GuardPolicy()
+    guard = ConnectionGuard(policy, name="test")
     loop = asyncio.new_event_loop()
     started = threading.Event()
     box: dict[str, Any] = {}
 
     async def start() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["runner"] = runner
-        box["port"] = runner.addresses[0][1]
+        if isinstance(app, RepoResponder):
+            repo = RepoServer(app, guard)
+            server = await repo.listen(host, 0)
+
+            async def stop() -> None:
+                server.close()
+                await repo.shutdown(10)
+        else:
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=policy.idle_timeout)
+            await runner.setup()
+            server = await start_guarded_server(runner, guard, host, 0)
+
+            async def stop() -> None:
+                server.close()
+                await runner.cleanup()
+        box["stop"] = stop
+        box["port"] = int(server.sockets[0].getsockname()[1])
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(start())
         started.set()
         loop.run_forever()
-        loop.run_until_complete(box["runner"].cleanup())
+        loop.run_until_complete(box["stop"]())
         loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
@@ -298,7 +325,7 @@ def app_in_thread(app: Any) -> Iterator[str]:
     if not started.wait(10):
         raise RuntimeError("app did not start")
     try:
-        yield f"http://127.0.0.1:{box['port']}"
+        yield box["port"], guard
     finally:
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        thread.join(20)

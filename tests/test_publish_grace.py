@@ -17,7 +17,7 @@ from mirror.pool import Pool
 from mirror.publish import StoreCatalog
 from mirror.store import Store
 from mirror.tiers import Tiers
-from mirror.web.repo import make_repo_app
+from mirror.web.repo import RepoResponder
 from tests.helpers import app_in_thread, http, seed_snapshot
 
 ORDER = ("dev", "test", "uat", "prod")
@@ -56,7 +56,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[str, Tiers, Clock, str, str]]:
     tiers.promote("repo", "dev", snapshot=old, actor="t")  # dev serves old, as a client read it
     clock = Clock()
     catalog = StoreCatalog(Store(tmp_path / "state.db"), pool, grace=timedelta(hours=1), clock=clock)
-    with app_in_thread(make_repo_app(catalog)) as url:
+    with app_in_thread(RepoResponder(catalog)) as url:
         yield url, tiers, clock, old, new
 
 

@@ -35,7 +35,8 @@ from mirror.web.guard import (
     RequestFramer,
     start_guarded_server,
 )
-from mirror.web.repo import SMALL_FILE_MAX, make_repo_app
+from mirror.web.repo import SMALL_FILE_MAX, RepoResponder
+from tests.helpers import serve_in_thread
 from tests.test_web_repo import DEB, DEB_PATH, build_catalog
 
 TARGET = f"/dev/repo/{DEB_PATH}"
@@ -46,36 +47,15 @@ REQUEST = f"GET {TARGET} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode()
 class Guarded:
     port: int
     guard: ConnectionGuard
-    runner: web.AppRunner
     catalog: Any = None
 
 
 @contextlib.contextmanager
-def guarded(app: web.Application, policy: GuardPolicy) -> Iterator[Guarded]:
-    """`app` behind a ConnectionGuard on 127.0.0.1 (any local address), served from a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    guard = ConnectionGuard(policy, name="test")
-
-    async def start() -> tuple[web.AppRunner, asyncio.Server]:
-        runner = web.AppRunner(app, access_log=None, keepalive_timeout=policy.idle_timeout)
-        await runner.setup()
-        return runner, await start_guarded_server(runner, guard, "0.0.0.0", 0)
-
-    runner, server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-
-    async def stop() -> None:
-        server.close()
-        await runner.cleanup()
-
-    try:
-        yield Guarded(int(server.sockets[0].getsockname()[1]), guard, runner)
-    finally:
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(20)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+def guarded(app: web.Application | RepoResponder, policy: GuardPolicy) -> Iterator[Guarded]:
+    """`app` (an aiohttp application: the API port; a RepoResponder: the repo port) behind a
+    ConnectionGuard on 0.0.0.0 (any local address), served from a thread."""
+    with serve_in_thread(app, policy, host="0.0.0.0") as (port, guard):
+        yield Guarded(port, guard)
 
 
 @pytest.fixture
@@ -83,7 +63,7 @@ def repo_server(tmp_path: Path) -> Iterator[Guarded]:
     # idle_timeout well above header_timeout: a cut before it can only be the guard's.
     policy = GuardPolicy(header_timeout=1.0, idle_timeout=3.0, max_connections_per_client=64)
     catalog = build_catalog(tmp_path)
-    with guarded(make_repo_app(catalog), policy) as server:
+    with guarded(RepoResponder(catalog), policy) as server:
         server.catalog = catalog
         yield server
 
@@ -363,7 +343,7 @@ def test_stalled_request_body_is_cut_but_a_steady_one_is_not() -> None:
 
 def test_per_client_cap_closes_the_connection_over_it(tmp_path: Path) -> None:
     policy = GuardPolicy(header_timeout=5.0, idle_timeout=10.0, max_connections_per_client=4)
-    with guarded(make_repo_app(build_catalog(tmp_path)), policy) as server:
+    with guarded(RepoResponder(build_catalog(tmp_path)), policy) as server:
         held = [connect(server.port, "127.0.0.3") for _ in range(4)]
         try:
             for sock in held:  # each one admitted and served
@@ -402,7 +382,7 @@ def test_500_slowloris_and_500_idle_connections_from_one_address(tmp_path: Path)
     The default cap admits 64, the rest are reset at once; a client at another address keeps
     getting fast answers; the admitted ones are cut by the header timeout."""
     policy = GuardPolicy(header_timeout=1.5, idle_timeout=30.0)  # default cap: 64
-    with guarded(make_repo_app(build_catalog(tmp_path)), policy) as server:
+    with guarded(RepoResponder(build_catalog(tmp_path)), policy) as server:
         crowd = Slowloris(server.port, 500, interval=0.5, source="127.0.0.5")
         idle = [sock for _ in range(500) if (sock := connect_or_refused(server.port, "127.0.0.5"))]
         try:

@@ -6,7 +6,6 @@ percent-escapes on the way; each request uses `Connection: close` and is read to
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import os
@@ -15,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,15 +21,15 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from mirror.model import EntryKind, ManifestEntry
 from mirror.web.repo import (
     PathRejected,
+    RepoResponder,
     content_type_for,
-    make_repo_app,
     split_request_path,
 )
+from tests.helpers import serve_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAP = "20260101T000000Z"
@@ -125,25 +123,8 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     catalog = build_catalog(tmp_path)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(make_repo_app(catalog), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, int(runner.addresses[0][1])
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
+    with serve_in_thread(RepoResponder(catalog)) as (port, _guard):
         yield Server(port, catalog)
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @dataclass
@@ -544,7 +525,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from aiohttp import web
     from mirror.model import EntryKind, ManifestEntry
-    from mirror.web.repo import make_repo_app, run_servers
+    from mirror.web.repo import RepoResponder, run_servers
 
     root = Path(sys.argv[1])
     data = b"served bytes"
@@ -575,7 +556,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     def ready(addresses):
         print("ready " + " ".join(str(port) for _, port in addresses), flush=True)
 
-    asyncio.run(run_servers([(make_repo_app(Catalog()), "127.0.0.1", 0), (other, "127.0.0.1", 0)],
+    asyncio.run(run_servers([(RepoResponder(Catalog()), "127.0.0.1", 0), (other, "127.0.0.1", 0)],
                             shutdown_timeout=5, ready=ready))
     print("exited-cleanly", flush=True)
 """)

@@ -12,21 +12,23 @@ by the entry's sha256.  The request path is taken raw (``request.raw_path``), sp
 each segment percent-decoded exactly once; empty, ``.`` and ``..`` segments, decoded ``/`` or
 ``\\``, control characters, malformed escapes and non-UTF-8 are refused before any lookup.
 
-Bytes go out without any thread-pool hop: the pool file is opened here (``O_NOFOLLOW``: a
-symlink in the pool is never followed) and checked with ``fstat`` (a regular file of the
-manifest's size, else 500); files up to :data:`SMALL_FILE_MAX` are read with one ``pread`` and
-sent from memory, bigger ones with ``loop.sendfile`` (:class:`_PoolFileResponse`).  Conditional
+Answers are computed synchronously by :class:`RepoResponder` (no thread-pool hop): the pool
+file is opened here (``O_NOFOLLOW``: a symlink in the pool is never followed) and checked with
+``fstat`` (a regular file of the manifest's size, else 500), and the open file goes into the
+:class:`Reply`; :mod:`mirror.web.connection` sends it with ``sendfile(2)``.  Conditional
 requests are evaluated against the content's strong ETag ``"<sha256>"``, and Range (one range:
 206 + Content-Range; unsatisfiable, malformed or multi-range: 416 with ``bytes */N``; If-Range
-that does not match: the full 200) is done here, with the rules of aiohttp's FileResponse.  No
-``Accept-Encoding`` handling at all, so no ``<pool file>.gz``/``.br`` sibling is ever looked at
-(CVE-2024-42367 class).  Blocking ``open``/``pread`` in the event loop is what nginx does with
-``sendfile on`` and no ``aio``: cheap while metadata and small files are in the page cache.
+that does not match: the full 200) is done here, with the rules of aiohttp's FileResponse (which
+served this port before).  No ``Accept-Encoding`` handling at all, so no ``<pool file>.gz``/``.br``
+sibling is ever looked at (CVE-2024-42367 class).  Blocking ``open``/``fstat`` in the event loop
+is what nginx does with ``sendfile on`` and no ``aio``: cheap while metadata is in the page cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -35,15 +37,14 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from email.utils import formatdate
+from email.utils import formatdate, parsedate
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp import web
 
 from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
 from mirror.web.guard import DEFAULT_IDLE_TIMEOUT, ConnectionGuard, GuardPolicy, start_guarded_server
@@ -53,9 +54,11 @@ __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
     "SECURITY_HEADERS",
     "Catalog",
+    "Reply",
+    "RepoRequest",
+    "RepoResponder",
     "add_security_headers",
     "content_type_for",
-    "make_repo_app",
     "run_servers",
     "split_request_path",
 ]
@@ -77,7 +80,10 @@ _DEB: Final = "application/vnd.debian.binary-package"
 _PGP_SIGNATURE: Final = "application/pgp-signature"
 _PGP_KEYS: Final = "application/pgp-keys"
 _OCTET: Final = "application/octet-stream"
-_ETAG: Final = "ETag"  # aiohttp spells hdrs.ETAG "Etag"; header names are case-insensitive anyway
+_ETAG: Final = "ETag"
+CONTENT_TYPE: Final = "Content-Type"
+CACHE_CONTROL: Final = "Cache-Control"
+LAST_MODIFIED: Final = "Last-Modified"
 
 _BY_NAME: Final[dict[str, str]] = {
     "InRelease": _TEXT,  # a clearsigned text message
@@ -204,77 +210,80 @@ def split_request_path(raw: str) -> list[str]:
     return segments
 
 
-def _plain(status: int, text: str, *, cache: str = CACHE_ERROR) -> web.Response:
-    return web.Response(
-        status=status,
-        text=text if text.endswith("\n") else text + "\n",
-        headers={hdrs.CACHE_CONTROL: cache},
-    )
+class Reply:
+    """One response of the repo port, before it is written (:mod:`mirror.web.connection`).
+
+    `headers` are the response's own (the connection adds Date, Server, the security headers,
+    Content-Length and Connection).  The body is `body`, or `count` bytes of the pool file `fd`
+    from `offset` (the sender closes `fd`); `length` is the Content-Length to announce (HEAD:
+    the GET's; None: no body and no Content-Length, as 304)."""
+
+    __slots__ = ("body", "count", "fd", "headers", "length", "offset", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"", *,
+                 fd: int | None = None, offset: int = 0, count: int = 0,
+                 length: int | None = -1) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+        self.length = (count if fd is not None else len(body)) if length == -1 else length
 
 
-def _not_found() -> web.Response:
+class RepoRequest:
+    """A parsed request head: method, the raw request target, header fields by lower-case name
+    (repeated fields joined with ", "), and the client's address (per-client snapshot pins)."""
+
+    __slots__ = ("client", "headers", "method", "target")
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], client: str = "local") -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.client = client
+
+
+def _plain(status: int, text: str, *, cache: str = CACHE_ERROR) -> Reply:
+    return Reply(status, [(CONTENT_TYPE, _TEXT), (CACHE_CONTROL, cache)],
+                 (text if text.endswith("\n") else text + "\n").encode())
+
+
+def _not_found() -> Reply:
     return _plain(404, "not found")
 
 
-SMALL_FILE_MAX: Final = 256 * 1024  # bytes: read into memory and sent with the headers
+SMALL_FILE_MAX: Final = 256 * 1024  # bytes: sent inline; bigger files by a sendfile task
 
 
-class _PoolFileResponse(web.StreamResponse):
-    """`count` bytes of `fobj` from `offset`, by sendfile; every header is set by the handler.
-
-    The file object is closed once the response is sent (or failed); HEAD sends no body.
-    """
-
-    def __init__(self, fobj: BinaryIO, offset: int, count: int, *, status: int,
-                 headers: dict[str, str]) -> None:
-        super().__init__(status=status, headers=headers)
-        self._fobj = fobj
-        self._offset = offset
-        self._count = count
-        self.content_length = count
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:  # sent (or being sent) already
-            return await super().prepare(request)
-        try:
-            writer = await super().prepare(request)  # headers go out now (StreamResponse)
-            if writer is None or self._count == 0 or request.method == hdrs.METH_HEAD:
-                return writer
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost")
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.sendfile(transport, self._fobj, self._offset, self._count)
-            except NotImplementedError:  # a transport without sendfile (e.g. TLS): copy
-                self._fobj.seek(self._offset)
-                left = self._count
-                while left > 0:
-                    chunk = self._fobj.read(min(left, 1 << 18))
-                    if not chunk:
-                        raise ConnectionResetError("pool file shrank while being sent") from None
-                    await writer.write(chunk)
-                    left -= len(chunk)
-            await super().write_eof()
-            return writer
-        finally:
-            self._fobj.close()
+_BYTES_RANGE_RE: Final = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII | re.IGNORECASE)
 
 
-def _byte_range(request: web.BaseRequest, size: int) -> tuple[int, int] | None:
-    """(offset, count) of the requested range, or None for the whole file; ValueError: 416.
+def _byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """(offset, count) of the Range header `value`, or None for the whole file; ValueError: 416.
 
-    The rules of aiohttp's FileResponse: one range only (a multi-range or malformed header is
-    416), a suffix range larger than the file is the whole file, an end past the file is cut."""
-    rng = request.http_range  # ValueError when malformed or multi-range
-    start, end = rng.start, rng.stop
-    if start is None:
-        return None
-    if start < 0 and end is None:  # bytes=-N: the last N bytes
-        start = max(0, start + size)
+    The rules of aiohttp's FileResponse (which this server used before): one range only (a
+    multi-range or malformed header is 416), a suffix range larger than the file is the whole
+    file, an end past the file is cut."""
+    match = _BYTES_RANGE_RE.match(value)
+    if match is None:
+        raise ValueError("range not in acceptable format")
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        raise ValueError("no start or end of range specified")
+    if not first:  # bytes=-N: the last N bytes
+        start = max(0, size - int(last))
         count = size - start
     else:
-        count = min(end if end is not None else size, size) - start
+        start = int(first)
+        if last:
+            end = int(last) + 1
+            if start >= end:
+                raise ValueError("start cannot be after end")
+            count = min(end, size) - start
+        else:
+            count = size - start
     if start >= size:
         raise ValueError("range starts past the end")
     return start, count
@@ -282,35 +291,60 @@ def _byte_range(request: web.BaseRequest, size: int) -> tuple[int, int] | None:
 
 # On every response of both ports (the API adds its own, stricter, set on top).
 SECURITY_HEADERS: Final[dict[str, str]] = {
-    hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
+    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    hdrs.SERVER: "mirror",  # aiohttp's default names itself and its version
+    "Server": "mirror",  # aiohttp's default names itself and its version
 }
 
 
 def add_security_headers(response: web.StreamResponse, *, cache: str = CACHE_ERROR) -> None:
-    """The security headers, and `cache` as Cache-Control unless the response has one."""
+    """The security headers, and `cache` as Cache-Control unless the response has one (the API
+    port's aiohttp responses; the repo port writes them itself)."""
     headers = response.headers
     headers.update(SECURITY_HEADERS)
-    if hdrs.CACHE_CONTROL not in headers:
-        headers[hdrs.CACHE_CONTROL] = cache
+    if CACHE_CONTROL not in headers:
+        headers[CACHE_CONTROL] = cache
 
 
-async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    add_security_headers(response)
+_ETAG_ANY: Final = "*"
+# RFC 9110 entity-tag list, as aiohttp parses it: a garbage character ends the list.
+_ETAG_LIST_RE: Final = re.compile(r'((W/)?"([!\x23-\x7E\x80-\xff]+)")(?:\s*,\s*|$)|(.)')
 
 
-def _http_seconds(moment: datetime) -> int:
-    return int(moment.timestamp())
+def _etags(value: str | None) -> list[tuple[bool, str]] | None:
+    """(weak, opaque-tag) of each entity-tag in an If-Match/If-None-Match value; None if absent."""
+    if not value:
+        return None
+    if value == _ETAG_ANY:
+        return [(False, _ETAG_ANY)]
+    tags: list[tuple[bool, str]] = []
+    for match in _ETAG_LIST_RE.finditer(value):
+        if match.group(4):
+            break
+        tags.append((bool(match.group(2)), match.group(3)))
+    return tags
+
+
+def _http_date_seconds(value: str | None) -> int | None:
+    """An HTTP date as whole seconds since the epoch (UTC); None if absent or unparsable."""
+    if value is None:
+        return None
+    parsed = parsedate(value)
+    if parsed is None:
+        return None
+    try:
+        return calendar.timegm(datetime(*parsed[:6]).timetuple())
+    except (ValueError, OverflowError):
+        return None
 
 
 class _Preconditions:
     """RFC 9110 §13.2.2, evaluated against the strong ETag and Last-Modified (whole seconds)."""
 
-    def __init__(self, request: web.BaseRequest, sha256: str, modified: int, *, exact: bool):
-        self.request = request
+    def __init__(self, headers: dict[str, str], sha256: str, modified: int, *, exact: bool):
+        self.headers = headers
         self.sha256 = sha256
         self.modified = modified
         # Tier URLs change content on promotion and rollback, possibly to an *older* pool file:
@@ -320,38 +354,34 @@ class _Preconditions:
 
     def status(self) -> int | None:
         """412, 304, or None to serve the representation."""
-        request = self.request
-        if_match = request.if_match
+        headers = self.headers
+        if_match = _etags(headers.get("if-match"))
         if if_match is not None:
-            if not any(
-                tag.value == "*" or (not tag.is_weak and tag.value == self.sha256)
-                for tag in if_match
-            ):
+            if not any(value == _ETAG_ANY or (not weak and value == self.sha256) for weak, value in if_match):
                 return 412
         else:
-            since = request.if_unmodified_since
-            if since is not None and self.modified > _http_seconds(since):
+            since = _http_date_seconds(headers.get("if-unmodified-since"))
+            if since is not None and self.modified > since:
                 return 412
-        if_none_match = request.if_none_match
+        if_none_match = _etags(headers.get("if-none-match"))
         if if_none_match is not None:
-            if any(tag.value in ("*", self.sha256) for tag in if_none_match):  # weak comparison
+            if any(value in (_ETAG_ANY, self.sha256) for _weak, value in if_none_match):  # weak comparison
                 return 304
-        elif (since := request.if_modified_since) is not None:
-            since_s = _http_seconds(since)
-            if self.modified == since_s or (not self.exact and self.modified < since_s):
-                return 304
+        elif (since := _http_date_seconds(headers.get("if-modified-since"))) is not None \
+                and (self.modified == since or (not self.exact and self.modified < since)):
+            return 304
         return None
 
     def range_applies(self) -> bool:
         """If-Range: honour Range only for the exact same representation."""
-        value = self.request.headers.get(hdrs.IF_RANGE)
+        value = self.headers.get("if-range")
         if value is None:
             return True
         value = value.strip()
         if value.startswith(('"', "W/")):
             return value == f'"{self.sha256}"'  # strong comparison; weak never matches
-        date = self.request.if_range
-        return date is not None and _http_seconds(date) == self.modified
+        date = _http_date_seconds(value)
+        return date is not None and date == self.modified
 
 
 @functools.lru_cache(maxsize=4096)
@@ -360,51 +390,48 @@ def _http_date(seconds: int) -> str:
 
 
 def _ceil_seconds(st: os.stat_result) -> int:
-    # aiohttp rounds Last-Modified up; do the same so our value and its value agree.
+    # aiohttp rounded Last-Modified up; so do we (clients keep the values they were given).
     return -(-st.st_mtime_ns // 1_000_000_000)
 
 
-class _RepoHandler:
+class RepoResponder:
+    """Every answer of the repo port, synchronously: `answer` turns a request into a :class:`Reply`
+    (no I/O but the catalog lookup and the pool file's open/fstat, and for a small file a pread
+    when the connection cannot sendfile); :mod:`mirror.web.connection` writes it and calls
+    `on_response(status)` (the metrics)."""
+
     POOL_PATHS_CACHED: Final = 8192
 
     def __init__(self, catalog: Catalog, on_response: Callable[[int], None] | None = None) -> None:
         self.catalog = catalog
         self.on_response = on_response
-        self._pool_paths: dict[str, Path] = {}  # sha256 -> pool file (pure function of the digest)
+        self._pool_paths: dict[str, str] = {}  # sha256 -> pool file (pure function of the digest)
 
-    def _pool_path(self, sha256: str) -> Path:
+    def _pool_path(self, sha256: str) -> str:
         path = self._pool_paths.get(sha256)
         if path is None:
             if len(self._pool_paths) >= self.POOL_PATHS_CACHED:
                 self._pool_paths.clear()
-            path = self._pool_paths[sha256] = self.catalog.pool_path(sha256)
+            path = self._pool_paths[sha256] = str(self.catalog.pool_path(sha256))
         return path
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Every response of the repo port: security headers on, counted (`on_response`)."""
-        response = await self._answer(request)
-        add_security_headers(response)
-        if self.on_response is not None:
-            self.on_response(response.status)
-        return response
-
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-            response = _plain(405, "method not allowed")
-            response.headers[hdrs.ALLOW] = "GET,HEAD"
-            return response
+    def answer(self, request: RepoRequest) -> Reply:
+        if request.method not in ("GET", "HEAD"):
+            reply = _plain(405, "method not allowed")
+            reply.headers.append(("Allow", "GET,HEAD"))
+            return reply
         try:
-            segments = split_request_path(request.raw_path)
+            segments = split_request_path(request.target)
         except PathRejected as exc:
-            log.debug("refused %r: %s", request.raw_path, exc.reason)
+            log.debug("refused %r: %s", request.target, exc.reason)
             return _plain(exc.status, "bad request" if exc.status == 400 else "not found")
         try:
-            return await self._dispatch(request, segments)
+            return self._dispatch(request, segments)
         except Exception:
-            log.exception("error serving %r", request.raw_path)
+            log.exception("error serving %r", request.target)
             return _plain(500, "internal error")
 
-    async def _dispatch(self, request: web.BaseRequest, segments: list[str]) -> web.StreamResponse:
+    def _dispatch(self, request: RepoRequest, segments: list[str]) -> Reply:
         head = segments[0]
         if head == "keys":
             if segments != ["keys", "mirror.asc"]:
@@ -421,13 +448,13 @@ class _RepoHandler:
         else:
             if len(segments) < 3 or not _TIER_RE.match(head) or not REPO_NAME_RE.match(segments[1]):
                 return _not_found()
-            entry = self.catalog.lookup_tier(head, segments[1], "/".join(segments[2:]), request.remote)
+            entry = self.catalog.lookup_tier(head, segments[1], "/".join(segments[2:]), request.client)
             immutable = False
         if entry is None:
             return _not_found()
-        return await self._serve_entry(request, entry, segments[-1], immutable=immutable)
+        return self._serve_entry(request, entry, segments[-1], immutable=immutable)
 
-    def _serve_key(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _serve_key(self, request: RepoRequest) -> Reply:
         """The mirror's public key: small, not content-addressed; its ETag is its SHA-256."""
         key = self.catalog.public_key_path()
         if key is None:
@@ -451,9 +478,8 @@ class _RepoHandler:
         return self._respond(request, None, data, st, digest, "mirror.asc", cache=CACHE_REVALIDATE,
                              exact=True, content_type=_PGP_KEYS)
 
-    async def _serve_entry(
-        self, request: web.BaseRequest, entry: ManifestEntry, name: str, *, immutable: bool
-    ) -> web.StreamResponse:
+    def _serve_entry(self, request: RepoRequest, entry: ManifestEntry, name: str, *,
+                     immutable: bool) -> Reply:
         if not SHA256_RE.match(entry.sha256):
             log.error("manifest entry %r has an invalid sha256 %r", entry.path, entry.sha256)
             return _plain(500, "internal error")
@@ -470,6 +496,7 @@ class _RepoHandler:
                 return _plain(500, "stored file invalid")
             log.error("pool object %s for %r cannot be read: %s", entry.sha256, entry.path, exc)
             return _plain(503, "stored file unavailable")
+        reply: Reply | None = None
         try:
             st = os.fstat(fd)
             problem = None
@@ -477,92 +504,52 @@ class _RepoHandler:
                 problem = "is not a regular file"
             elif st.st_size != entry.size:
                 problem = f"has {st.st_size} bytes, the manifest says {entry.size}"
-        except BaseException:
-            os.close(fd)
-            raise
-        if problem is not None:
-            os.close(fd)
-            log.error("pool object %s for %r %s (%s)", entry.sha256, entry.path, problem, pool_file)
-            return _plain(500, "stored file invalid")
-        fobj = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed here or by the response)
-        try:
-            response = self._respond(request, fobj, None, st, entry.sha256, name,
-                                     cache=CACHE_IMMUTABLE if immutable else CACHE_REVALIDATE,
-                                     exact=not immutable)
-        except BaseException:
-            fobj.close()
-            raise
-        if not isinstance(response, _PoolFileResponse):
-            fobj.close()
-        return response
+            if problem is not None:
+                log.error("pool object %s for %r %s (%s)", entry.sha256, entry.path, problem, pool_file)
+                return _plain(500, "stored file invalid")
+            reply = self._respond(request, fd, None, st, entry.sha256, name,
+                                  cache=CACHE_IMMUTABLE if immutable else CACHE_REVALIDATE,
+                                  exact=not immutable)
+            return reply
+        finally:
+            if reply is None or reply.fd != fd:
+                os.close(fd)
 
-    def _respond(self, request: web.BaseRequest, fobj: BinaryIO | None, data: bytes | None,
+    def _respond(self, request: RepoRequest, fd: int | None, data: bytes | None,
                  st: os.stat_result, sha256: str, name: str, *, cache: str, exact: bool,
-                 content_type: str | None = None) -> web.StreamResponse:
-        """Conditionals, Range, HEAD for one stored file (`fobj`, or its bytes `data`)."""
+                 content_type: str | None = None) -> Reply:
+        """Conditionals, Range, HEAD for one stored file (the open pool file `fd`, or its bytes
+        `data`); a GET of a pool file is answered with the file itself (the reply owns `fd`)."""
         size = st.st_size
         modified = _ceil_seconds(st)
-        headers: dict[str, str] = {
-            _ETAG: f'"{sha256}"',
-            hdrs.LAST_MODIFIED: _http_date(modified),
-            hdrs.CACHE_CONTROL: cache,
-        }
-        conditions = _Preconditions(request, sha256, modified, exact=exact)
+        headers = [(_ETAG, f'"{sha256}"'), (LAST_MODIFIED, _http_date(modified)), (CACHE_CONTROL, cache)]
+        conditions = _Preconditions(request.headers, sha256, modified, exact=exact)
         status = conditions.status()
         if status is not None:
-            return web.Response(status=status, headers=headers)
-        headers[hdrs.CONTENT_TYPE] = content_type or content_type_for(name)
-        headers[hdrs.ACCEPT_RANGES] = "bytes"
+            return Reply(status, headers, length=None if status == 304 else 0)
+        headers.append((CONTENT_TYPE, content_type or content_type_for(name)))
+        headers.append(("Accept-Ranges", "bytes"))
         status, offset, count = 200, 0, size
-        if hdrs.RANGE in request.headers and conditions.range_applies():
+        range_value = request.headers.get("range")
+        if range_value is not None and conditions.range_applies():
             try:
-                byte_range = _byte_range(request, size)
+                byte_range = _byte_range(range_value, size)
             except ValueError:
-                headers[hdrs.CONTENT_RANGE] = f"bytes */{size}"
-                return web.Response(status=416, headers=headers)
+                headers.append(("Content-Range", f"bytes */{size}"))
+                return Reply(416, headers)
             if byte_range is not None:
                 status, (offset, count) = 206, byte_range
-                headers[hdrs.CONTENT_RANGE] = f"bytes {offset}-{offset + count - 1}/{size}"
-        if request.method == hdrs.METH_HEAD:  # GET's headers, Content-Length included; no body
-            head = web.StreamResponse(status=status, headers=headers)
-            head.content_length = count
-            return head
+                headers.append(("Content-Range", f"bytes {offset}-{offset + count - 1}/{size}"))
+        if request.method == "HEAD":  # GET's headers, Content-Length included; no body
+            return Reply(status, headers, length=count)
         if data is not None:
-            return web.Response(status=status, body=data[offset:offset + count], headers=headers)
-        assert fobj is not None
-        if count > SMALL_FILE_MAX:
-            return _PoolFileResponse(fobj, offset, count, status=status, headers=headers)
-        body = os.pread(fobj.fileno(), count, offset)
-        if len(body) != count:
-            log.error("pool object %s shrank while being read (%d of %d bytes)", sha256, len(body), count)
-            return _plain(500, "stored file invalid")
-        return web.Response(status=status, body=body, headers=headers)
-
-
-RepoHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-def repo_handler(catalog: Catalog, *, on_response: Callable[[int], None] | None = None) -> RepoHandler:
-    """The repo port's request handler, for aiohttp's low-level server (`run_servers` takes it in
-    place of an application): no router, middlewares or signals per request (about a fifth of
-    aiohttp's time per small response); it answers 405 to other methods, sets the security
-    headers, and calls `on_response(status)` for every response (the metrics)."""
-    return _RepoHandler(catalog, on_response).handle
-
-
-def make_repo_app(catalog: Catalog) -> web.Application:
-    """The repo port as an application (tests, benchmarks): one catch-all GET/HEAD route to the
-    same handler; other methods get the router's 405."""
-    app = web.Application(client_max_size=64 * 1024)
-    # [\s\S]: the router matches the *decoded* path, which may hold a newline; such requests
-    # must still reach the handler (and be refused there) rather than the router's own 404.
-    app.router.add_get(r"/{tail:[\s\S]*}", _RepoHandler(catalog).handle, allow_head=True)
-    app.on_response_prepare.append(_on_response_prepare)
-    return app
+            return Reply(status, headers, data[offset:offset + count])
+        assert fd is not None
+        return Reply(status, headers, fd=fd, offset=offset, count=count)
 
 
 async def run_servers(
-    apps: Sequence[tuple[web.Application | RepoHandler, str, int]],
+    apps: Sequence[tuple[web.Application | RepoResponder, str, int]],
     *,
     shutdown_timeout: float = 10,
     keepalive_timeout: float | None = None,
@@ -572,7 +559,8 @@ async def run_servers(
     workers: RepoWorkers | None = None,
 ) -> None:
     """Serve every ``(app, host, port)`` until SIGTERM or SIGINT, then stop gracefully. An app is
-    an aiohttp application or a request handler (`repo_handler`: aiohttp's low-level server).
+    an aiohttp application (the API port) or a :class:`RepoResponder` (the repo port, served by
+    :class:`mirror.web.connection.RepoServer`).
 
     With ``workers`` (:class:`mirror.web.workers.RepoWorkers`), the first app's port is served by
     the worker processes: this process only accepts its connections and hands them over.
@@ -583,11 +571,12 @@ async def run_servers(
     addresses once every site listens (useful with port 0).
 
     Every port is behind a :class:`mirror.web.guard.ConnectionGuard` (``guards``, one per app,
-    or made from ``policy``): request-head timeout, idle keep-alive timeout (aiohttp's
-    ``keepalive_timeout`` = ``policy.idle_timeout``; ``keepalive_timeout`` overrides it) and
-    connections per client address (HOSTILE B12, case 68).  aiohttp itself bounds request line
-    and header sizes (8190 bytes per line/field, 128 headers).
+    or made from ``policy``): request-head timeout, idle keep-alive timeout (``policy.idle_timeout``;
+    ``keepalive_timeout`` overrides it) and connections per client address (HOSTILE B12, case
+    68).  Request line and header sizes are bounded (8190 bytes per line/field, 128 headers).
     """
+    from mirror.web.connection import RepoServer
+
     policy = policy or GuardPolicy()
     if guards is None:
         guards = [ConnectionGuard(policy) for _ in apps]
@@ -600,25 +589,27 @@ async def run_servers(
         loop.add_signal_handler(signum, stop.set)
         installed.append(signum)
     runners: list[web.BaseRunner] = []
+    repo_servers: list[RepoServer] = []
     listeners: list[asyncio.Server | RepoWorkers] = []
     try:
         bound: list[tuple[str, int]] = []
         for (app, host, port), guard in zip(apps, guards, strict=True):
-            idle = keepalive_timeout if keepalive_timeout is not None else guard.policy.idle_timeout
-            runner: web.BaseRunner
-            if isinstance(app, web.Application):
-                runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                       shutdown_timeout=shutdown_timeout, keepalive_timeout=idle)
-            else:
-                runner = web.ServerRunner(web.Server(app, access_log=None, keepalive_timeout=idle),
-                                          handle_signals=False, shutdown_timeout=shutdown_timeout)
-            await runner.setup()
-            runners.append(runner)
+            if keepalive_timeout is not None:
+                guard.policy = dataclasses.replace(guard.policy, idle_timeout=keepalive_timeout)
             listener: asyncio.Server | RepoWorkers
             if workers is not None and not listeners:
                 await workers.start(host, port)
                 listener = workers
+            elif isinstance(app, RepoResponder):
+                repo_server = RepoServer(app, guard)
+                repo_servers.append(repo_server)
+                listener = await repo_server.listen(host, port)
             else:
+                runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                       shutdown_timeout=shutdown_timeout,
+                                       keepalive_timeout=guard.policy.idle_timeout)
+                await runner.setup()
+                runners.append(runner)
                 listener = await start_guarded_server(runner, guard, host, port)
             listeners.append(listener)
             bound.extend((str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listener.sockets)
@@ -633,7 +624,9 @@ async def run_servers(
         if workers is not None:
             await workers.stop()
         results = await asyncio.gather(
-            *(runner.cleanup() for runner in runners), return_exceptions=True
+            *(runner.cleanup() for runner in runners),
+            *(server.shutdown(shutdown_timeout) for server in repo_servers),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):

@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from mirror.web.guard import ConnectionGuard, GuardPolicy, client_key
 
 __all__ = ["GuardCounters", "RepoWorkers", "main"]
@@ -353,7 +351,8 @@ async def _serve_worker(config: Path, channel: socket.socket) -> None:
     from mirror.config import load
     from mirror.server import guard_policy, make_catalog
     from mirror.store import Store
-    from mirror.web.repo import repo_handler
+    from mirror.web.connection import RepoServer
+    from mirror.web.repo import RepoResponder
 
     settings = load(config, check_keys=False)
     loop = asyncio.get_running_loop()
@@ -380,18 +379,13 @@ async def _serve_worker(config: Path, channel: socket.socket) -> None:
     try:
         guard = _WorkerGuard(guard_policy(settings), channel)
         reporter = _Reporter(guard)
-        handler = repo_handler(make_catalog(settings, store, pins=pins), on_response=reporter.count)
-        runner = web.ServerRunner(web.Server(handler, access_log=None,
-                                             keepalive_timeout=settings.server.idle_timeout),
-                                  handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await runner.setup()
-        assert runner.server is not None
-        factory = guard.protocol_factory(runner.server)
+        server = RepoServer(RepoResponder(make_catalog(settings, store, pins=pins),
+                                          on_response=reporter.count), guard)
         pending: set[asyncio.Task[Any]] = set()
 
         async def serve(conn: socket.socket) -> None:
             try:
-                await loop.connect_accepted_socket(factory, conn)
+                await loop.connect_accepted_socket(server, conn)
             except OSError as exc:
                 log.debug("a handed-over connection failed at start: %s", exc)
                 conn.close()
@@ -427,7 +421,7 @@ async def _serve_worker(config: Path, channel: socket.socket) -> None:
         await stop.wait()
         loop.remove_reader(channel.fileno())
         loop.remove_reader(sys.stdin.fileno())
-        await runner.cleanup()  # in-flight requests finish; idle connections close
+        await server.shutdown(SHUTDOWN_TIMEOUT)  # in-flight requests finish; idle connections close
         reporting.cancel()
         reporter.write()
     finally:
