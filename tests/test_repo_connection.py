@@ -7,6 +7,7 @@ themselves (paths, conditionals, Range) in test_web_repo.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -159,5 +160,28 @@ def test_a_client_that_does_not_read_gets_every_answer_intact_when_it_does(tmp_p
                 status, _headers, body = read_response(sock)
                 assert (status, len(body)) == (200, len(data)), path
                 assert body == data, path
+        finally:
+            sock.close()
+
+
+def test_a_client_that_never_reads_is_aborted_at_the_idle_timeout(tmp_path: Path) -> None:
+    """Answers left unread for idle_timeout: the connection is aborted, not kept half-closed
+    forever waiting for its buffer to drain (which would hold its slot under the per-client cap)."""
+    catalog = build_catalog(tmp_path)
+    middle = os.urandom(SMALL_FILE_MAX - 1)
+    catalog.add(catalog.tiers[("dev", "repo")], "middle.deb", middle)
+    policy = GuardPolicy(header_timeout=1.0, idle_timeout=1.5)
+    with serve_in_thread(RepoResponder(catalog), policy) as (port, guard):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.sendall(b"GET /dev/repo/middle.deb HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
+            started = time.monotonic()
+            while not guard.connections and time.monotonic() < started + 5:  # accepted
+                time.sleep(0.01)
+            while guard.connections and time.monotonic() < started + 8:
+                time.sleep(0.05)
+            assert guard.connections == 0, "a connection that does not read was kept"
+            assert time.monotonic() - started >= 1.0  # by the idle timeout, not before
         finally:
             sock.close()

@@ -15,7 +15,8 @@ What one connection enforces (the connection guard's policy, :class:`GuardPolicy
   one: of the accept); a request body must keep arriving (no gap over ``header_timeout``);
   otherwise the connection is aborted without a response (:class:`ConnectionGuard` counts it);
 * an idle keep-alive connection (no request in progress, no partial head) is closed after
-  ``idle_timeout`` seconds;
+  ``idle_timeout`` seconds, and aborted if its client has not read the last answers by then
+  (nginx's ``send_timeout``; a file sent by the sendfile task has no such limit);
 * ``max_connections_per_client``: through ``guard.admit`` at ``connection_made`` (in the repo
   workers the main process counts, and the worker's guard admits everything);
 * a request line over 8190 bytes is answered 414, a header field over 8190 bytes, more than 128
@@ -283,6 +284,7 @@ class RepoConnection(asyncio.Protocol):
             if not keep_alive:  # the last answer on this connection: says so, and nothing follows
                 self.closing = True
                 self._queue.clear()
+                transport.pause_reading()
             if isinstance(request, Reply):
                 self._send(request, head_only=False)
             else:
@@ -297,9 +299,11 @@ class RepoConnection(asyncio.Protocol):
         if not self._reading and len(self._queue) <= MAX_PIPELINED // 2 and not self.closing:
             self._reading = True
             transport.resume_reading()
-        if self._busy or self._queue:
+        if self._busy:
             return
-        if self.closing:
+        if self._queue:  # the client does not read its answers: it has idle_timeout to start again
+            self._arm(self.loop.time() + self.server.guard.policy.idle_timeout)
+        elif self.closing:
             self._close()
         elif self._state == _IDLE:
             self._arm(self.loop.time() + self.server.guard.policy.idle_timeout)
@@ -360,7 +364,12 @@ class RepoConnection(asyncio.Protocol):
                 transport.abort()
                 return
         if left:
-            data = os.pread(fd, left, offset)
+            try:
+                data = os.pread(fd, left, offset)
+            except OSError as exc:
+                log.error("a pool file cannot be read to send it to %s: %s", self.client, exc)
+                transport.abort()
+                return
             if len(data) != left:
                 log.error("a pool file shrank while being sent to %s (%d of %d bytes)",
                           self.client, reply.count - left + len(data), reply.count)
@@ -433,9 +442,13 @@ class RepoConnection(asyncio.Protocol):
             self._timer = self.loop.call_at(deadline, self._on_timer)
             return
         guard = self.server.guard
-        if self._state == _IDLE and (self._queue or self._busy):
+        if self._state == _IDLE and self._busy:
             return
         if self._state == _IDLE:
+            if self._queue or transport.get_write_buffer_size():  # answers left unread all that time
+                log.debug("%s: aborting the connection from %s: it does not read", guard.name, self.client)
+                transport.abort()
+                return
             log.debug("%s: closing the idle connection from %s", guard.name, self.client)
             self._close()
             return
