@@ -34,11 +34,8 @@ for up to ``shutdown_timeout`` seconds, then aborts what is left.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
-import struct
 import time
 from collections import deque
 from email.utils import formatdate
@@ -47,7 +44,7 @@ from typing import Final, cast
 
 import httptools
 
-from mirror.web.guard import ConnectionGuard, client_key
+from mirror.web.guard import ConnectionGuard, Deadline
 from mirror.web.repo import SECURITY_HEADERS, SMALL_FILE_MAX, Reply, RepoRequest, RepoResponder
 
 __all__ = ["MAX_PIPELINED", "RepoConnection", "RepoServer"]
@@ -100,7 +97,6 @@ class RepoConnection(asyncio.Protocol):
         "_queue",
         "_reading",
         "_state",
-        "_timer",
         "_url",
         "_write_paused",
         "admitted",
@@ -134,24 +130,17 @@ class RepoConnection(asyncio.Protocol):
         self._busy = False  # a sendfile task owns the transport
         self._write_paused = False
         self._reading = True
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self.loop, self._on_timer)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
-        self.client = client_key(transport.get_extra_info("peername"))
         guard = self.server.guard
-        if not guard.admit(self.client):
-            log.debug("%s: refused a connection from %s: %d open (max_connections_per_client)",
-                      guard.name, self.client, guard.open.get(self.client, 0))
-            sock = transport.get_extra_info("socket")
-            if sock is not None:  # a reset, not a FIN: nothing lingers in TIME_WAIT on our side
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        client = guard.admit_connection(transport)
+        if client is None:
             return
+        self.client = client
         self.admitted = True
         self.transport = transport
         sock = transport.get_extra_info("socket")
@@ -200,10 +189,7 @@ class RepoConnection(asyncio.Protocol):
         if not self.admitted:
             return
         self.admitted = False
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()
         self.server.connections.discard(self)
         self.server.guard.release(self.client)
         self.transport = None
@@ -266,7 +252,7 @@ class RepoConnection(asyncio.Protocol):
                               self._url.decode("latin-1"), self._headers, self.client)
         self._queue.append((request, parser.should_keep_alive()))
         self._state = _IDLE
-        self._deadline = None  # answering now; the idle clock starts when the answers are out
+        self._deadline.arm(None)  # answering now; the idle clock starts when the answers are out
         if len(self._queue) > MAX_PIPELINED and self.transport is not None:
             self._reading = False
             self.transport.pause_reading()  # (loop.sendfile resumes reading when it is done)
@@ -403,7 +389,7 @@ class RepoConnection(asyncio.Protocol):
         log.debug("%s: %s from %s", self.server.guard.name, reason, self.client)
         self.parser = httptools.HttpRequestParser(self)  # nothing more is parsed
         self._state = _IDLE
-        self._deadline = None
+        self._deadline.arm(None)
         if self.transport is not None:
             self.transport.pause_reading()
         # What was asked before the bad request still gets its answer, in order.
@@ -414,32 +400,18 @@ class RepoConnection(asyncio.Protocol):
         self._process()
 
     def _close(self) -> None:
-        self._deadline = None
+        self._deadline.arm(None)
         if self.transport is not None:
             self.transport.close()  # after what is buffered is sent
 
     # -- the deadline ------------------------------------------------------------------------
 
     def _arm(self, deadline: float | None) -> None:
-        """One timer per connection, moved lazily: it fires, then re-arms for a later deadline."""
-        self._deadline = deadline
-        if deadline is None:
-            return
-        timer = self._timer
-        if timer is not None and timer.when() <= deadline:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._deadline.arm(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
         transport = self.transport
-        if deadline is None or transport is None:
-            return
-        if self.loop.time() < deadline:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        if transport is None:
             return
         guard = self.server.guard
         if self._state == _IDLE and self._busy:
@@ -456,7 +428,7 @@ class RepoConnection(asyncio.Protocol):
         log.debug("%s: closing the connection from %s: %s", guard.name, self.client,
                   "request body stalled" if why == "body" else "no complete request head in time")
         guard._event(why)
-        self._deadline = None
+        self._deadline.cancel()
         transport.abort()
 
     def close_if_idle(self) -> bool:

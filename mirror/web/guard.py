@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS_PER_CLIENT",
     "ConnectionGuard",
+    "Deadline",
     "GuardPolicy",
     "GuardedConnection",
     "RequestFramer",
@@ -306,6 +307,21 @@ class ConnectionGuard:
         self.open[client] = count + 1
         return True
 
+    def admit_connection(self, transport: asyncio.Transport) -> str | None:
+        """The client key of a new connection, admitted; None if it is over the per-client cap,
+        in which case it has been reset (not closed: nothing lingers in TIME_WAIT on our side)."""
+        client = client_key(transport.get_extra_info("peername"))
+        if self.admit(client):
+            return client
+        log.debug("%s: refused a connection from %s: %d open (max_connections_per_client)",
+                  self.name, client, self.open.get(client, 0))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        return None
+
     def release(self, client: str) -> None:
         count = self.open.get(client, 0) - 1
         if count > 0:
@@ -326,13 +342,53 @@ class ConnectionGuard:
         return lambda: GuardedConnection(self, inner(), loop)
 
 
+class Deadline:
+    """One timer per connection, moved lazily: a later deadline does not reschedule it (it fires,
+    sees the deadline moved, and re-arms), so the per-read cost of moving it is an assignment.
+    `on_expiry` runs once the current deadline has passed; `when` is None while none is set."""
+
+    __slots__ = ("_loop", "_on_expiry", "_timer", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_expiry: Callable[[], None]) -> None:
+        self._loop = loop
+        self._on_expiry = on_expiry
+        self._timer: asyncio.TimerHandle | None = None
+        self.when: float | None = None
+
+    def arm(self, when: float | None) -> None:
+        self.when = when
+        if when is None:
+            return
+        timer = self._timer
+        if timer is not None and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def cancel(self) -> None:
+        self.when = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        when = self.when
+        if when is None:
+            return
+        if self._loop.time() < when:
+            self._timer = self._loop.call_at(when, self._fire)
+            return
+        self._on_expiry()
+
+
 class GuardedConnection(asyncio.Protocol):
     """Wraps aiohttp's per-connection protocol: forwards everything, enforces the guard."""
 
     __slots__ = (
         "_deadline",
         "_head_since",
-        "_timer",
         "admitted",
         "client",
         "framer",
@@ -352,23 +408,16 @@ class GuardedConnection(asyncio.Protocol):
         self.admitted = False
         self.framer = RequestFramer()
         self._head_since: float | None = None
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(loop, self._on_timer)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self.client = client_key(transport.get_extra_info("peername"))
-        if not self.guard.admit(self.client):
-            log.debug("%s: refused a connection from %s: %d open (max_connections_per_client)",
-                      self.guard.name, self.client, self.guard.open.get(self.client, 0))
-            sock = transport.get_extra_info("socket")
-            if sock is not None:  # a reset, not a FIN: nothing lingers in TIME_WAIT on our side
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        client = self.guard.admit_connection(transport)
+        if client is None:
             return
+        self.client = client
         self.admitted = True
         self.transport = transport
         now = self.loop.time()
@@ -396,7 +445,7 @@ class GuardedConnection(asyncio.Protocol):
                 self._arm(self._head_since + timeout)
             else:
                 self._arm(None)  # between requests: aiohttp's keep-alive timeout applies
-        elif framer.in_body or self._deadline is None:
+        elif framer.in_body or self._deadline.when is None:
             self._arm(now + timeout)
         self.inner.data_received(data)
 
@@ -409,10 +458,7 @@ class GuardedConnection(asyncio.Protocol):
         if not self.admitted:
             return
         self.admitted = False
-        self._arm(None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.cancel()
         self.guard.release(self.client)
         self.transport = None
         self.inner.connection_lost(exc)
@@ -426,26 +472,11 @@ class GuardedConnection(asyncio.Protocol):
     # -- the deadline ----------------------------------------------------------------------
 
     def _arm(self, deadline: float | None) -> None:
-        """One timer per connection, moved lazily: it fires, then re-arms for a later deadline."""
-        self._deadline = deadline
-        if deadline is None:
-            return
-        timer = self._timer
-        if timer is not None and timer.when() <= deadline:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._deadline.arm(deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self.transport is None:
-            return
-        if self.loop.time() < deadline:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self._abort("body" if self.framer.in_body else "header")
+        if self.transport is not None:
+            self._abort("body" if self.framer.in_body else "header")
 
     def _abort(self, why: str) -> None:
         transport = self.transport
@@ -454,7 +485,7 @@ class GuardedConnection(asyncio.Protocol):
         log.debug("%s: closing the connection from %s: %s", self.guard.name, self.client,
                   "request body stalled" if why == "body" else "no complete request head in time")
         self.guard._event(why)
-        self._deadline = None
+        self._deadline.cancel()
         transport.abort()
 
 
