@@ -22,7 +22,7 @@ measure).
 3. ``wrk --latency -t THREADS -c N -d SECONDS`` against each server for each file, alternating
    the order over ``--rounds`` rounds; medians of requests/s and of the p99 latency; errors (non-2xx,
    socket errors) are reported and fail the row.  The mirror process's CPU use during its runs
-   is shown too (it is one Python process; nginx has two workers).
+   is shown too (the main process and its repo workers; nginx has two workers).
 4. ``mirror -c CFG verify --json`` (wall time of the whole command, interpreter start included)
    and ``sha256sum`` over the same pool files, warm page cache, alternating over three rounds,
    medians; throughput = bytes / seconds.
