@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import resource
@@ -22,7 +23,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -313,6 +315,41 @@ def rotation(phases: Sequence[str], round_index: int) -> tuple[str, ...]:
 def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def warm_up(root: Path, packages: Sequence[tuple[str, int, str]], index: str) -> None:
+    """Read (and check) every upstream package ((path under `root`, size, sha256), as `index`
+    lists them) once, so no phase pays for a cold page cache."""
+    bad = [name for name, _size, sha in packages if file_sha256(root / name) != sha]
+    if bad:
+        raise BenchError(f"the cached upstream is damaged ({len(bad)} packages differ from {index}, e.g. "
+                         f"{bad[0]}); delete {root.parent} to rebuild it")
+
+
+def cached_upstream(base: Path, params: dict[str, Any], build: Callable[[Path], str], *,
+                    what: str) -> dict[str, Any]:
+    """The generated upstream under `base`, built by `build(base)` (it returns the throwaway
+    key's fingerprint) unless `base/complete.json` says one with these `params` is there; its
+    metadata (`fingerprint`, `params`, `built`)."""
+    marker = base / "complete.json"
+    meta: dict[str, Any] | None = None
+    if marker.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            meta = json.loads(marker.read_text())
+    if meta is not None and meta.get("params") == params:
+        say(f"upstream: reusing {base}")
+        return meta
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    say(f"building upstream: {what} under {base} (cached for next runs)")
+    start = time.perf_counter()
+    fingerprint = build(base)
+    meta = {"params": params, "fingerprint": fingerprint,
+            "built": datetime.now(UTC).isoformat(timespec="seconds")}
+    marker.write_text(json.dumps(meta, indent=2) + "\n")
+    say(f"  built in {time.perf_counter() - start:.1f} s")
+    return meta
 
 
 LIMIT_HASH = "Python hashlib.file_digest(sha256), one thread, each checked against the index"

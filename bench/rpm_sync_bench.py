@@ -45,10 +45,8 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import statistics
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,12 +57,13 @@ from typing import Any
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
-from bench.harness import (  # noqa: E402 (needs the checkout on sys.path)
+from bench import harness  # noqa: E402 (needs the checkout on sys.path)
+from bench.harness import (  # noqa: E402
     LIMIT_HASH,
     MB,
     BenchError,
     PhaseDirs,
-    file_sha256,
+    cached_upstream,
     find_tool,
     fmt_all,
     gnu_time,
@@ -173,39 +172,26 @@ def read_primary(root: Path) -> tuple[list[tuple[str, int, str]], int]:
 
 
 def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
-    from fixtures.keys import make_key
-    from fixtures.rpm_repo import RpmPackage, RpmRepo
-
     base = workdir / "upstream" / f"{packages}x{size}"
-    marker = base / "complete.json"
-    params = {"format": UPSTREAM_FORMAT, "packages": packages, "size": size}
-    meta: dict[str, Any] | None = None
-    if marker.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            meta = json.loads(marker.read_text())
-    if meta is None or meta.get("params") != params:
-        if base.exists():
-            shutil.rmtree(base)
-        base.mkdir(parents=True)
-        say(f"building upstream: {packages} RPMs x {size} bytes under {base} (cached for next runs; "
-            f"unsigned builds are also cached by fixtures.rpm_repo)")
-        start = time.perf_counter()
+
+    def build(base: Path) -> str:
+        from fixtures.keys import make_key
+        from fixtures.rpm_repo import RpmPackage, RpmRepo
+
         home = base / "gnupg"
         key = make_key(home, "Bench RPM Archive <bench-rpm@example.org>")
         try:
             repo = RpmRepo(base / "www", key)
             repo.add(*(RpmPackage(f"pkg{i:05d}", "1.0", payload_size=size) for i in range(packages)))
-            built = time.perf_counter()
             repo.publish(revision="1")
             key.write_public(base / "keyring.asc", armor=True)
         finally:
             kill_agent(home)
-        meta = {"params": params, "fingerprint": key.fingerprint,
-                "built": datetime.now(UTC).isoformat(timespec="seconds")}
-        marker.write_text(json.dumps(meta, indent=2) + "\n")
-        say(f"  built and signed in {built - start:.1f} s, repodata in {time.perf_counter() - built:.1f} s")
-    else:
-        say(f"upstream: reusing {base}")
+        return key.fingerprint
+
+    meta = cached_upstream(base, {"format": UPSTREAM_FORMAT, "packages": packages, "size": size}, build,
+                           what=f"{packages} RPMs x {size} bytes (unsigned builds are also cached by "
+                                "fixtures.rpm_repo)")
     root = base / "www"
     pkgs, records = read_primary(root)
     if len(pkgs) != packages:
@@ -216,11 +202,7 @@ def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
 
 
 def warm_up(up: Upstream) -> None:
-    """Read (and check) every upstream package once, so no phase pays for a cold page cache."""
-    bad = [href for href, _size, sha in up.packages if file_sha256(up.root / href) != sha]
-    if bad:
-        raise BenchError(f"the cached upstream is damaged ({len(bad)} packages differ from primary.xml, e.g. "
-                         f"{bad[0]}); delete {up.root.parent} to rebuild it")
+    harness.warm_up(up.root, up.packages, "primary.xml")
 
 
 # --------------------------------------------------------------------------------------------

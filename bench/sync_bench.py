@@ -42,10 +42,8 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,7 +58,7 @@ from bench.harness import (  # noqa: E402
     MB,
     BenchError,
     PhaseDirs,
-    file_sha256,
+    cached_upstream,
     find_tool,
     fmt_all,
     gnu_time,
@@ -148,22 +146,12 @@ def read_packages_index(root: Path) -> list[tuple[str, int, str]]:
 
 
 def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
-    from fixtures.apt_repo import AptRepo, DebPackage
-    from fixtures.keys import make_key
-
     base = workdir / "upstream" / f"{packages}x{size}"
-    marker = base / "complete.json"
-    params = {"format": UPSTREAM_FORMAT, "packages": packages, "size": size}
-    meta: dict[str, Any] | None = None
-    if marker.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            meta = json.loads(marker.read_text())
-    if meta is None or meta.get("params") != params:
-        if base.exists():
-            shutil.rmtree(base)
-        base.mkdir(parents=True)
-        say(f"building upstream: {packages} packages x {size} bytes under {base} (cached for next runs)")
-        start = time.perf_counter()
+
+    def build(base: Path) -> str:
+        from fixtures.apt_repo import AptRepo, DebPackage
+        from fixtures.keys import make_key
+
         home = base / "gnupg"
         key = make_key(home, "Bench Archive <bench@example.org>")
         try:
@@ -175,12 +163,10 @@ def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
             key.write_public(base / "keyring.gpg", armor=False)
         finally:
             kill_agent(home)
-        meta = {"params": params, "fingerprint": key.fingerprint,
-                "built": datetime.now(UTC).isoformat(timespec="seconds")}
-        marker.write_text(json.dumps(meta, indent=2) + "\n")
-        say(f"  built in {time.perf_counter() - start:.1f} s")
-    else:
-        say(f"upstream: reusing {base}")
+        return key.fingerprint
+
+    meta = cached_upstream(base, {"format": UPSTREAM_FORMAT, "packages": packages, "size": size}, build,
+                           what=f"{packages} packages x {size} bytes")
     root = base / "www"
     return Upstream(root=root, keyring_armored=base / "keyring.asc", keyring_binary=base / "keyring.gpg",
                     fingerprint=str(meta["fingerprint"]), packages=read_packages_index(root))
@@ -193,12 +179,7 @@ def build_upstream(workdir: Path, packages: int, size: int) -> Upstream:
 
 
 def warm_up(up: Upstream) -> None:
-    """Read (and check) every upstream package once, so no phase pays for a cold page cache."""
-    bad = [name for name, _size, sha in up.packages
-           if file_sha256(up.root / name) != sha]
-    if bad:
-        raise BenchError(f"the cached upstream is damaged ({len(bad)} packages differ from its index, e.g. "
-                         f"{bad[0]}); delete {up.root.parent} to rebuild it")
+    harness.warm_up(up.root, up.packages, "its index")
 
 
 def measure_limit(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> dict[str, Any]:
