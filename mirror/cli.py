@@ -203,6 +203,8 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def _issue_releases(settings: Settings, store: Any, only: tuple[str, str] | None = None) -> None:
     """Re-issue the Release files of tiers with tier_signing "mirror" that a move (or time) made
     due; `mirror serve` does the same in the background. Problems are warnings: the move stands."""
+    if settings.signing is None:  # nothing to sign with (ReleaseIssuer.for_settings): not even loaded
+        return
     from mirror.releases import ReleaseIssuer
 
     if only is not None and settings.repo(only[0]).tier_signing != "mirror":

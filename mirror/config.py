@@ -556,13 +556,13 @@ _DEB_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "all": "noarch", "ppc64el"
 def _versions(r: _Reader, key: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
     """`versions = { "openssl*" = ">= 3.0, < 3.2", "/^kernel/" = "< 6.0" }`: name pattern ->
     comma-separated constraints (operators <, <=, =, >=, >, !=)."""
+    raw = r.get(key, dict, None)
+    if raw is None:
+        return ()
     import json
 
     from mirror.filters import parse_constraints
 
-    raw = r.get(key, dict, None)
-    if raw is None:
-        return ()
     out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     for pattern, text in raw.items():
         where = f"{key}.{json.dumps(pattern)}"
@@ -578,6 +578,8 @@ def _versions(r: _Reader, key: str) -> tuple[tuple[str, tuple[tuple[str, str], .
 
 
 def _check_patterns(r: _Reader, key: str, patterns: tuple[str, ...]) -> None:
+    if not patterns:  # the usual case: no need to load mirror.filters
+        return
     import re as regex
 
     from mirror.filters import compile_pattern

@@ -113,11 +113,49 @@ class Fetcher:
     @asynccontextmanager
     async def open_stream(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
         """(declared length or None, chunk iterator) for `url`; FetchError subclasses on failure."""
-        scheme = urlsplit(url).scheme
-        if scheme == "file":
+        if not url.startswith(("http://", "https://")) and urlsplit(url).scheme == "file":
             async with self._open_file(url) as result:
                 yield result
             return
+        response, current = await self._get(url)
+        try:
+            yield response.content_length, _iter_body(response, current)
+        finally:
+            response.release()
+
+    async def fetch_capped(self, url: str, cap: int) -> tuple[bytes, int]:
+        """The body of `url` in memory, read until its end or until more than `cap` bytes arrived
+        (then cut at once): (the bytes kept, the count received, which is over `cap` if cut).
+
+        The same requests, redirects and errors as `open_stream`, without its per-chunk layers:
+        for the many small files of a sync."""
+        parts: list[bytes] = []
+        size = 0
+        if not url.startswith(("http://", "https://")) and urlsplit(url).scheme == "file":
+            async with self._open_file(url) as (_length, chunks):
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > cap:
+                        break
+                    parts.append(chunk)
+            return b"".join(parts), size
+        response, current = await self._get(url)
+        try:
+            content = response.content
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > cap:
+                    break
+                parts.append(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise FetchError(f"transfer from {current} failed: {_describe(exc)}") from exc
+        finally:
+            response.release()
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), size
+
+    async def _get(self, url: str) -> tuple[aiohttp.ClientResponse, str]:
+        """The 200 response for `url`, redirects followed as allowed, and the URL that gave it; the
+        caller releases the response. FetchError subclasses on failure."""
         assert self._session is not None, "Fetcher used outside `async with`"
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -125,6 +163,8 @@ class Fetcher:
                 response = await self._session.get(current, allow_redirects=False)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise FetchError(f"cannot fetch {current}: {_describe(exc)}") from exc
+            if response.status == 200:
+                return response, current
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     location = response.headers.get("Location")
@@ -134,11 +174,8 @@ class Fetcher:
                     continue
                 if response.status in (404, 410):
                     raise NotFoundUpstreamError(f"HTTP {response.status}: not found at {current}")
-                if response.status != 200:
-                    raise HTTPStatusError(response.status, current, _parse_retry_after(
-                        response.headers.get("Retry-After")))
-                yield response.content_length, _iter_body(response, current)
-                return
+                raise HTTPStatusError(response.status, current, _parse_retry_after(
+                    response.headers.get("Retry-After")))
             finally:
                 response.release()
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects from {url}")

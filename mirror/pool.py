@@ -8,7 +8,10 @@ place, the first time this version opens it (`Pool.__init__`, under a lock; `<ro
 records that it is done).
 
 `ingest` streams into a temp file on the same filesystem, hashes while writing, aborts as soon
-as the declared size is exceeded, and renames into place only when size and digest match.
+as the declared size is exceeded, and renames into place only when size and digest match. A small
+file (at most INLINE_MAX bytes) is received whole into memory (the size cap still checked as
+bytes arrive), then checked, written and renamed on the event loop in one go (`store_whole`):
+nothing is created on disk for bytes that do not match.
 Durability is paid once per sync (`make_durable`, a syncfs) before the snapshot that needs the
 blobs commits; the state database records a blob as present only after that, so after a crash an
 unrecorded file under its final name is re-hashed before it is trusted.
@@ -19,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -36,10 +39,13 @@ from mirror.model import SHA256_RE, ExpectedFile
 
 CHUNK = 256 * 1024
 BUFFER = 1024 * 1024  # bytes received before a slice is handed to the writer thread
-#: Files up to this size are written, hashed and renamed on the event loop itself, in one go once
-#: all their bytes arrived (about 0.1 ms for 100 KB into the page cache): a thread hop per file
-#: cost more than that in GIL and futex traffic (bench/sync_bench.py: 2,000 x 100 KB).
+#: Files up to this size are received whole into memory, then hashed, checked, written and renamed
+#: on the event loop itself in one go (about 0.15 ms for 100 KB into the page cache). Handing them
+#: to other threads cost more than that, on a 2-CPU machine, in GIL handovers and context switches:
+#: `asyncio.to_thread` per file, and also dedicated writer threads fed by a plain queue (9 context
+#: switches a file instead of 0.4; bench/sync_bench.py, 2,000 x 100 KB: fetching 20% slower).
 INLINE_MAX = 256 * 1024
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FANOUT = re.compile(r"^[0-9a-f]{2}$")
 
 
@@ -52,7 +58,8 @@ class Pool:
     def __init__(self, root: Path) -> None:
         self.root = root / "pool" / "sha256"
         self.tmp = root / "tmp"
-        self._dirs: set[Path] = set()
+        self._root = str(self.root)
+        self._dirs: set[str] = set()
         self._layout = root / "pool" / "layout"
         if not self._layout_recorded() and self.root.is_dir():
             self._upgrade_layout()
@@ -109,7 +116,9 @@ class Pool:
             raise storage_error(exc, str(self.root)) from exc
 
     def exists(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+        if not SHA256_RE.match(sha256):
+            raise StorageError(f"not a sha256 digest: {sha256!r}")
+        return os.path.isfile(f"{self._root}/{sha256[:2]}/{sha256}")  # no pathlib: once per file
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -136,50 +145,101 @@ class Pool:
         The size is checked as bytes arrive (an overlong body is cut at once); received bytes are
         handed to a worker thread in slices of up to BUFFER bytes, which writes and hashes them,
         so the event loop never blocks long on the disk; a file of at most INLINE_MAX bytes is
-        written, hashed and renamed on the event loop once complete (no thread hop).
+        received whole, then checked, written and renamed on the event loop (`store_whole`).
         A mismatch names the expected and the received size or digest, and `url` (where the
         bytes came from) when the caller gives it (HOSTILE 76)."""
         if not expected.sha256 and expected.alt is None:
             raise ChecksumMismatchError("no digest from verified metadata to check it against", path=what)
-        blob = _BlobWriter(self, expected, tmp_dir, what, url)
+        limit = expected.size
         pending: list[bytes] = []
-        buffered = size = 0
+        size = 0
+        if limit <= INLINE_MAX:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_long(expected, size, what, url)
+                pending.append(chunk)
+            return self.store_whole(pending[0] if len(pending) == 1 else b"".join(pending), expected,
+                                    str(tmp_dir), what, url)
+        buffered = 0
+        blob = _BlobWriter(self, expected, tmp_dir, what, url)
         try:
             async for chunk in chunks:
                 size += len(chunk)
-                if size > expected.size:
-                    raise SizeMismatchError(
-                        f"longer than the {expected.size} bytes the verified metadata declares: expected "
-                        f"{expected.size} bytes, received at least {size} (transfer cut){_source(url)}",
-                        path=what)
+                if size > limit:
+                    raise _too_long(expected, size, what, url)
                 pending.append(chunk)
                 buffered += len(chunk)
                 if buffered >= BUFFER:
                     data, pending, buffered = b"".join(pending), [], 0
                     await asyncio.to_thread(blob.write, data)
-            if expected.size <= INLINE_MAX:
-                return blob.finish(b"".join(pending))
             return await asyncio.to_thread(blob.finish, b"".join(pending))
         except BaseException:
-            if expected.size <= INLINE_MAX:
-                blob.abort()
-            else:
-                await asyncio.to_thread(blob.abort)
+            await asyncio.to_thread(blob.abort)
             raise
 
-    def ensure_dir(self, directory: Path) -> None:
+    def ensure_dir(self, directory: str) -> None:
         if directory not in self._dirs:
-            directory.mkdir(parents=True, exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
+
+    def _replace(self, name: str, final: str, directory: str) -> None:
+        """Rename temp file `name` to `final` (in `directory`, created if need be)."""
+        self.ensure_dir(directory)
+        try:
+            os.replace(name, final)
+        except FileNotFoundError:  # the fan-out folder went away (gc prunes empty ones): once more
+            self._dirs.discard(directory)
+            self.ensure_dir(directory)
+            os.replace(name, final)
 
     def ingest_bytes(self, data: bytes, sha256: str, tmp_dir: Path, *, what: str) -> None:
         """Blocking: store bytes already in memory, with the same checks and rename as `ingest`."""
-        blob = _BlobWriter(self, ExpectedFile(what, len(data), sha256), tmp_dir, what)
+        self.store_whole(data, ExpectedFile(what, len(data), sha256), str(tmp_dir), what)
+
+    def store_received(self, data: bytes, size: int, expected: ExpectedFile, tmp_dir: Path, *, what: str,
+                       url: str | None = None) -> str:
+        """Blocking: `ingest` for a small file already received whole (`Fetcher.fetch_capped` with
+        `expected.size` as the cap: `size` bytes arrived, more than declared if it was cut)."""
+        if not expected.sha256 and expected.alt is None:
+            raise ChecksumMismatchError("no digest from verified metadata to check it against", path=what)
+        if size > expected.size:
+            raise _too_long(expected, size, what, url)
+        return self.store_whole(data, expected, str(tmp_dir), what, url)
+
+    def store_whole(self, data: bytes, expected: ExpectedFile, tmp_dir: str, what: str,
+                    url: str | None = None) -> str:
+        """Blocking: check `data` against `expected`, then write it to a temp file in `tmp_dir` and
+        rename that into the pool; the sha256. Nothing is created when the check fails, and the
+        temp file is gone whatever happens."""
+        digest = hashlib.sha256(data).hexdigest()
+        _check(expected, len(data), digest,
+               hashlib.new(expected.alt[0], data).hexdigest() if expected.alt is not None else None,
+               what, url)
+        directory = f"{self._root}/{digest[:2]}"
+        final = f"{directory}/{digest}"
+        name = ""
         try:
-            blob.finish(data)
-        except BaseException:
-            blob.abort()
-            raise
+            fd, name = _temp_file(tmp_dir)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if os.path.exists(final):
+                    # Replacing a name a tier may serve: the new bytes go to disk first, or a power
+                    # loss right after the rename could leave that name empty (HOSTILE 57).
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._replace(name, final, directory)
+            name = ""
+        except OSError as exc:
+            raise storage_error(exc, what) from exc
+        finally:
+            if name:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        return digest
 
     def adopt(self, expected: ExpectedFile) -> bool:
         """Blocking: is an unrecorded file already under its final name complete and correct?
@@ -230,7 +290,7 @@ class _BlobWriter:
     def write(self, data: bytes) -> None:
         try:
             if self.file is None:
-                fd, self.name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+                fd, self.name = _temp_file(str(self.tmp_dir))
                 self.file = os.fdopen(fd, "wb")
             self.file.write(data)
         except OSError as exc:
@@ -252,22 +312,12 @@ class _BlobWriter:
             self.file.close()
         except OSError as exc:
             raise storage_error(exc, what) from exc
-        src = _source(self.url)
-        if self.size != expected.size:
-            raise SizeMismatchError(f"size mismatch: expected {expected.size} bytes (the verified metadata "
-                                    f"declares it), received {self.size}{src}", path=what)
         got = self.digest.hexdigest()
-        if expected.sha256 and got != expected.sha256:
-            raise ChecksumMismatchError(f"sha256 mismatch: received {got} does not match the expected "
-                                        f"{expected.sha256} from the verified metadata{src}", path=what)
-        if self.alt is not None and expected.alt is not None and self.alt.hexdigest() != expected.alt[1]:
-            algo, want = expected.alt
-            raise ChecksumMismatchError(f"{algo} mismatch: received {self.alt.hexdigest()} does not match "
-                                        f"the expected {want} from the verified metadata{src}", path=what)
-        final = self.pool.path_for(got)
+        alt = self.alt.hexdigest() if self.alt is not None else None
+        _check(expected, self.size, got, alt, what, self.url)
+        directory = f"{self.pool._root}/{got[:2]}"
         try:
-            self.pool.ensure_dir(final.parent)
-            os.replace(self.name, final)
+            self.pool._replace(self.name, f"{directory}/{got}", directory)
         except OSError as exc:
             raise storage_error(exc, what) from exc
         self.name = None
@@ -280,6 +330,40 @@ class _BlobWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.name)
             self.name = None
+
+
+_names = itertools.count()
+
+
+def _temp_file(tmp_dir: str) -> tuple[int, str]:
+    """A new, exclusively created temp file in `tmp_dir` (no symlink followed): (fd, name)."""
+    while True:
+        name = f"{tmp_dir}/{os.getpid()}-{next(_names)}.part"
+        try:
+            return os.open(name, _TEMP_FLAGS, 0o600), name
+        except FileExistsError:
+            continue
+
+
+def _too_long(expected: ExpectedFile, size: int, what: str, url: str | None) -> SizeMismatchError:
+    return SizeMismatchError(
+        f"longer than the {expected.size} bytes the verified metadata declares: expected "
+        f"{expected.size} bytes, received at least {size} (transfer cut){_source(url)}", path=what)
+
+
+def _check(expected: ExpectedFile, size: int, sha256: str, alt: str | None, what: str,
+           url: str | None) -> None:
+    """Size and digests received against what the verified metadata declares (messages name both)."""
+    if size != expected.size:
+        raise SizeMismatchError(f"size mismatch: expected {expected.size} bytes (the verified metadata "
+                                f"declares it), received {size}{_source(url)}", path=what)
+    if expected.sha256 and sha256 != expected.sha256:
+        raise ChecksumMismatchError(f"sha256 mismatch: received {sha256} does not match the expected "
+                                    f"{expected.sha256} from the verified metadata{_source(url)}", path=what)
+    if alt is not None and expected.alt is not None and alt != expected.alt[1]:
+        algo, want = expected.alt
+        raise ChecksumMismatchError(f"{algo} mismatch: received {alt} does not match the expected {want} "
+                                    f"from the verified metadata{_source(url)}", path=what)
 
 
 def _source(url: str | None) -> str:
@@ -313,13 +397,18 @@ def storage_error(exc: OSError, what: str) -> StorageError:
 
 
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).syncfs
+    try:  # the C library is already loaded: no `ctypes.util.find_library` (it runs ldconfig)
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
-        return None
+        from ctypes.util import find_library
+
+        name = find_library("c")
+        if not name:
+            return None
+        try:
+            fn = ctypes.CDLL(name, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            return None
     fn.argtypes = [ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn

@@ -42,7 +42,7 @@ from mirror.model import EntryKind, utcnow
 from mirror.pool import Pool, file_sha256
 from mirror.signing import MirrorSigner
 from mirror.store import Store, TierRelease
-from mirror.trust.gpg import check_clearsigned
+from mirror.trust.gpg import clearsigned_payload as clearsigned_payload  # (re-exported: it was here)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ HASH_SECTIONS = frozenset({"md5sum", "sha1", "sha256", "sha512"})
 _REPLACED = frozenset({"date", "valid-until", "signed-by"})
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_BEGIN_SIG = b"-----BEGIN PGP SIGNATURE-----"
 
 
 def release_date(moment: datetime) -> str:
@@ -58,23 +57,6 @@ def release_date(moment: datetime) -> str:
     m = moment.astimezone(UTC)
     return (f"{_WEEKDAYS[m.weekday()]}, {m.day:02d} {_MONTHS[m.month - 1]} {m.year:04d} "
             f"{m.hour:02d}:{m.minute:02d}:{m.second:02d} UTC")
-
-
-def clearsigned_payload(data: bytes, *, what: str) -> bytes:
-    """The signed text of a clearsigned file that has exactly one signed block and nothing around
-    it (`check_clearsigned`, as at sync): dash-escaping undone, trailing whitespace dropped."""
-    check_clearsigned(data, what=what)
-    lines = data.split(b"\n")
-    i = 1
-    while lines[i].rstrip(b" \t\r"):  # armor headers ("Hash: ...") up to the empty line
-        i += 1
-    body: list[bytes] = []
-    for line in lines[i + 1:]:
-        line = line.rstrip(b" \t\r")
-        if line == _BEGIN_SIG:
-            break
-        body.append(line[2:] if line.startswith(b"- ") else line)
-    return b"\n".join(body).rstrip(b"\n") + b"\n"
 
 
 def reissue_release(payload: bytes, *, date: datetime, valid_until: datetime) -> bytes:

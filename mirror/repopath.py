@@ -8,16 +8,19 @@ that climbs out, no backslashes, NUL or control characters, no empty result. Any
 from __future__ import annotations
 
 import posixpath
+import re
 from urllib.parse import unquote
 
 from mirror.errors import UnsafePathError
+
+_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")  # one C scan (a plan checks every Filename)
 
 
 def contained(raw: str, *, what: str | None = None) -> str:
     """The normalised relative form of `raw`, or UnsafePathError if it could leave the repo."""
     if not raw or len(raw) > 4096:
         raise UnsafePathError(f"empty or overlong path {raw[:80]!r}", path=what)
-    if any(ord(c) < 0x20 or c == "\x7f" for c in raw) or "\\" in raw:
+    if _CONTROL_OR_BACKSLASH.search(raw):
         raise UnsafePathError(f"path {raw!r} contains control characters or backslashes", path=what)
     if raw.startswith("/"):
         raise UnsafePathError(f"absolute path {raw!r} is not allowed", path=what)

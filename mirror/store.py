@@ -20,9 +20,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mirror.diff import Advisory, AdvisoryPackage, PackageSet, Reference, Row, row_line
 from mirror.errors import NoSpaceError, NotFoundError, StorageError
 from mirror.model import (
     EntryKind,
@@ -34,6 +33,9 @@ from mirror.model import (
     snapshot_id_for,
     utcnow,
 )
+
+if TYPE_CHECKING:  # loaded where used: a no-op sync never needs mirror.diff
+    from mirror.diff import Advisory, PackageSet, Row
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "initial schema", (
@@ -328,6 +330,8 @@ def _move(r: Sequence[Any]) -> TierMove:
 
 def package_set_digest(ps: PackageSet) -> str:
     """sha256 over a package set's sorted lines (``name<TAB>arch<TAB>version``, one a line)."""
+    from mirror.diff import row_line
+
     h = hashlib.sha256()
     for line in sorted(map(row_line, ps)):
         h.update(line.encode())
@@ -894,6 +898,8 @@ class Store:
 
     def _put_package_set(self, repo: str, snapshot: str, rows: Iterable[Row]) -> PackageSet:
         """Store a snapshot's PackageSet blob and digest (inside the caller's transaction)."""
+        from mirror.diff import PackageSet
+
         ps = PackageSet(list(rows))
         self.db.execute("INSERT INTO snapshot_packages VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (repo, snapshot, ps.to_blob(), package_set_digest(ps)))
@@ -903,6 +909,8 @@ class Store:
     def package_set(self, repo: str, snapshot: str) -> PackageSet:
         """The snapshot's packages (NotFoundError if there is no such snapshot). A snapshot
         committed before the table existed gets its blob now, from its manifest."""
+        from mirror.diff import PackageSet
+
         row = self.db.execute("SELECT packages FROM snapshot_packages WHERE repo = ? AND snapshot = ?",
                               (repo, snapshot)).fetchone()
         if row is not None:
@@ -964,6 +972,8 @@ class Store:
         return len(by_digest)
 
     def _advisories(self, ids: Iterable[int]) -> dict[int, Advisory]:
+        from mirror.diff import Advisory, AdvisoryPackage, Reference
+
         wanted = sorted(set(ids))
         heads: dict[int, Sequence[Any]] = {}
         cves: dict[int, list[str]] = {}

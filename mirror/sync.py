@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mirror.config import RepoSettings, Settings
-from mirror.diff import Advisory
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
@@ -33,9 +32,12 @@ from mirror.errors import (
 )
 from mirror.fetch import Fetcher, FetchPolicy, with_retries
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
-from mirror.pool import Pool, storage_error
+from mirror.pool import INLINE_MAX, Pool, storage_error
 from mirror.store import NewSnapshot, Store
 from mirror.trust.gpg import Keyring
+
+if TYPE_CHECKING:  # a sync needs mirror.diff only at its commit (mirror.store imports it there)
+    from mirror.diff import Advisory
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_BEFORE_ABORT = 20
@@ -123,11 +125,15 @@ class SyncContext:
             if await asyncio.to_thread(self.pool.adopt, expected):
                 return digest
         source = expected.fetch_path or expected.path
+        url = self.url(source)
 
         async def attempt() -> str:
-            async with self.semaphore, self.fetcher.open_stream(self.url(source)) as (_length, chunks):
-                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path,
-                                              url=self.url(source))
+            if expected.size <= INLINE_MAX:  # most packages: received whole, then stored in one go
+                async with self.semaphore:
+                    data, size = await self.fetcher.fetch_capped(url, expected.size)
+                return self.pool.store_received(data, size, expected, self.tmp, what=expected.path, url=url)
+            async with self.semaphore, self.fetcher.open_stream(url) as (_length, chunks):
+                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path, url=url)
 
         try:
             digest = await with_retries(attempt, self.fetcher.policy)

@@ -36,6 +36,7 @@ from mirror.formats.deb import (
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained, join
 from mirror.sync import SyncContext, VerifiedRoot, Wanted
+from mirror.trust.gpg import clearsigned_payload
 
 log = logging.getLogger(__name__)
 BY_HASH_DIRS = {"sha256": "SHA256", "sha512": "SHA512", "sha1": "SHA1", "md5": "MD5Sum"}
@@ -163,8 +164,6 @@ def identity(release: Release) -> dict[str, str | None]:
 def _accepted_identity(ctx: SyncContext, suite: str) -> tuple[str, dict[str, str | None]] | None:
     """The identity of `suite` in the last accepted snapshot (the one the freshness checks compare
     against), read from its verified root file in the pool; None when there is none. Blocking."""
-    from mirror.releases import clearsigned_payload
-
     name = ctx.repo.name
     latest = ctx.store.latest_snapshot(name)
     if latest is None:

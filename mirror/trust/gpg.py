@@ -230,6 +230,23 @@ def check_clearsigned(data: bytes, *, what: str) -> None:
             raise fail("content outside the signed message (after the signature)")
 
 
+def clearsigned_payload(data: bytes, *, what: str) -> bytes:
+    """The signed text of a clearsigned file that has exactly one signed block and nothing around
+    it (`check_clearsigned`, as at sync): dash-escaping undone, trailing whitespace dropped."""
+    check_clearsigned(data, what=what)
+    lines = data.split(b"\n")
+    i = 1
+    while lines[i].rstrip(b" \t\r"):  # armor headers ("Hash: ...") up to the empty line
+        i += 1
+    body: list[bytes] = []
+    for line in lines[i + 1:]:
+        line = line.rstrip(b" \t\r")
+        if line == _BEGIN_SIG:
+            break
+        body.append(line[2:] if line.startswith(b"- ") else line)
+    return b"\n".join(body).rstrip(b"\n") + b"\n"
+
+
 def check_detached(signature: bytes, *, what: str) -> None:
     """An armored detached signature is only signature blocks and whitespace; binary: gpg's job."""
     if not signature.lstrip().startswith(b"-----BEGIN PGP"):
