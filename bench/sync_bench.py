@@ -414,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(workdir_lock(workdir, "sync_bench"))
         up = build_upstream(workdir, args.packages, args.size)
         warm_up(up)
+        harness.byte_compile(CHECKOUT / "mirror")
         results: dict[str, Any] = {
             "command": command,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
