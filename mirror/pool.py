@@ -8,13 +8,18 @@ place, the first time this version opens it (`Pool.__init__`, under a lock; `<ro
 records that it is done).
 
 `ingest` streams into a temp file on the same filesystem, hashes while writing, aborts as soon
-as the declared size is exceeded, and renames into place only when size and digest match. A small
+as the declared size is exceeded, and stages the file only when size and digest match. A small
 file (at most INLINE_MAX bytes) is received whole into memory (the size cap still checked as
-bytes arrive), then checked, written and renamed on the event loop in one go (`store_whole`):
-nothing is created on disk for bytes that do not match.
-Durability is paid once per sync (`make_durable`, a syncfs) before the snapshot that needs the
-blobs commits; the state database records a blob as present only after that, so after a crash an
-unrecorded file under its final name is re-hashed before it is trusted.
+bytes arrive), then checked and written on the event loop in one go (`store_whole`): nothing is
+created on disk for bytes that do not match.
+
+Staged files stay in the temp folder, reachable through this `Pool`'s `path_for` (the sync reads
+its indices and checks its package signatures there), until `make_durable`: one syncfs makes
+their bytes durable, only then are they renamed to their final names, and a second syncfs makes
+the names durable; the state database records a blob as present only after that. So after a
+power loss at any point no name in the pool holds incomplete bytes (HOSTILE 57), without an
+fsync per file; a crash before the renames leaves only temp files, which the next run removes,
+and an unrecorded file under its final name is still re-hashed before it is trusted (`adopt`).
 """
 
 from __future__ import annotations
@@ -60,13 +65,20 @@ class Pool:
         self.tmp = root / "tmp"
         self._root = str(self.root)
         self._dirs: set[str] = set()
+        #: Verified files waiting in a temp folder for `make_durable`: sha256 -> (temp file, final
+        #: name, fan-out folder).
+        self._staged: dict[str, tuple[str, str, str]] = {}
         self._layout = root / "pool" / "layout"
         if not self._layout_recorded() and self.root.is_dir():
             self._upgrade_layout()
 
     def path_for(self, sha256: str) -> Path:
+        """Where the object is: its final name, or its temp file while it is staged here."""
         if not SHA256_RE.match(sha256):
             raise StorageError(f"not a sha256 digest: {sha256!r}")
+        staged = self._staged.get(sha256)
+        if staged is not None:
+            return Path(staged[0])
         return self.root / sha256[:2] / sha256
 
     def _layout_recorded(self) -> bool:
@@ -118,6 +130,8 @@ class Pool:
     def exists(self, sha256: str) -> bool:
         if not SHA256_RE.match(sha256):
             raise StorageError(f"not a sha256 digest: {sha256!r}")
+        if sha256 in self._staged:
+            return True
         return os.path.isfile(f"{self._root}/{sha256[:2]}/{sha256}")  # no pathlib: once per file
 
     def prepare(self) -> None:
@@ -194,7 +208,7 @@ class Pool:
             os.replace(name, final)
 
     def ingest_bytes(self, data: bytes, sha256: str, tmp_dir: Path, *, what: str) -> None:
-        """Blocking: store bytes already in memory, with the same checks and rename as `ingest`."""
+        """Blocking: store bytes already in memory, with the same checks and staging as `ingest`."""
         self.store_whole(data, ExpectedFile(what, len(data), sha256), str(tmp_dir), what)
 
     def store_received(self, data: bytes, size: int, expected: ExpectedFile, tmp_dir: Path, *, what: str,
@@ -210,14 +224,14 @@ class Pool:
     def store_whole(self, data: bytes, expected: ExpectedFile, tmp_dir: str, what: str,
                     url: str | None = None) -> str:
         """Blocking: check `data` against `expected`, then write it to a temp file in `tmp_dir` and
-        rename that into the pool; the sha256. Nothing is created when the check fails, and the
-        temp file is gone whatever happens."""
+        stage it (`make_durable` puts it into the pool); the sha256. Nothing is created when the
+        check fails, and the temp file is gone if writing it fails."""
         digest = hashlib.sha256(data).hexdigest()
         _check(expected, len(data), digest,
                hashlib.new(expected.alt[0], data).hexdigest() if expected.alt is not None else None,
                what, url)
-        directory = f"{self._root}/{digest[:2]}"
-        final = f"{directory}/{digest}"
+        if digest in self._staged:  # the same verified bytes are already waiting
+            return digest
         name = ""
         try:
             fd, name = _temp_file(tmp_dir)
@@ -225,13 +239,9 @@ class Pool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                if os.path.exists(final):
-                    # Replacing a name a tier may serve: the new bytes go to disk first, or a power
-                    # loss right after the rename could leave that name empty (HOSTILE 57).
-                    os.fsync(fd)
             finally:
                 os.close(fd)
-            self._replace(name, final, directory)
+            self._stage(digest, name)
             name = ""
         except OSError as exc:
             raise storage_error(exc, what) from exc
@@ -241,12 +251,18 @@ class Pool:
                     os.unlink(name)
         return digest
 
+    def _stage(self, digest: str, name: str) -> None:
+        directory = f"{self._root}/{digest[:2]}"
+        self._staged[digest] = (name, f"{directory}/{digest}", directory)
+
     def adopt(self, expected: ExpectedFile) -> bool:
         """Blocking: is an unrecorded file already under its final name complete and correct?
 
         Leftovers of an interrupted run are re-hashed here, never trusted by name alone; a wrong
-        one is removed so that it is fetched again.
+        one is removed so that it is fetched again. (A file staged by this run verified already.)
         """
+        if expected.sha256 in self._staged:
+            return True
         final = self.path_for(expected.sha256)
         try:
             if final.stat().st_size != expected.size:
@@ -262,8 +278,20 @@ class Pool:
         return False
 
     def make_durable(self) -> None:
-        """Blocking: flush everything written to the pool's filesystem (one syncfs per sync)."""
+        """Blocking: put every staged file into the pool, durably: a syncfs (their bytes), the
+        renames to their final names, a syncfs (the names). A name that already exists (the
+        same content: a name is its digest) is replaced only by bytes already on disk."""
         self.prepare()
+        self._flush()
+        staged = self._staged
+        if not staged:
+            return
+        try:
+            for digest, (name, final, directory) in list(staged.items()):
+                self._replace(name, final, directory)
+                del staged[digest]
+        except OSError as exc:
+            raise storage_error(exc, final) from exc
         self._flush()
 
     def _flush(self) -> None:
@@ -305,22 +333,17 @@ class _BlobWriter:
         expected, what = self.expected, self.what
         assert self.file is not None and self.name is not None
         try:
-            if self.pool.path_for(self.digest.hexdigest()).exists():
-                # Replacing a name a tier may serve: the new bytes go to disk first, or a power
-                # loss right after the rename could leave that name empty (HOSTILE 57).
-                os.fsync(self.file.fileno())
             self.file.close()
         except OSError as exc:
             raise storage_error(exc, what) from exc
         got = self.digest.hexdigest()
         alt = self.alt.hexdigest() if self.alt is not None else None
         _check(expected, self.size, got, alt, what, self.url)
-        directory = f"{self.pool._root}/{got[:2]}"
-        try:
-            self.pool._replace(self.name, f"{directory}/{got}", directory)
-        except OSError as exc:
-            raise storage_error(exc, what) from exc
-        self.name = None
+        if got not in self.pool._staged:  # else the same verified bytes are already waiting
+            self.pool._stage(got, self.name)
+            self.name = None
+        else:
+            self.abort()
         return got
 
     def abort(self) -> None:

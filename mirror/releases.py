@@ -292,7 +292,7 @@ class ReleaseIssuer:
                         self.pool.ingest_bytes(data, digest, Path(tmp), what=f"dists/{item.suite}/{name}")
                         files.append((digest, len(data)))
                     digests.append((files[0], files[1], files[2]))
-            self.pool.make_durable()
+                self.pool.make_durable()  # the staged files move from `tmp` into the pool
             for item, (inrel, rel, gpg) in zip(prepared, digests, strict=True):
                 if file_sha256(self.pool.path_for(inrel[0])) != inrel[0]:
                     raise StorageError("re-issued InRelease did not reach the pool intact", repo=repo)

@@ -571,6 +571,13 @@ def make_durable(self):
         os._exit(137)
     durable(self)
 Pool.make_durable = make_durable
+replace, renamed = os.replace, []
+def cut_replace(src, dst, *a, **k):
+    if mode == "power-cut-renaming" and "/pool/sha256/" in str(dst) and len(renamed) == 3:
+        os._exit(137)  # the power goes while staged files are being named in the pool
+    replace(src, dst, *a, **k)
+    renamed.append(dst)
+os.replace = cut_replace
 commit = Store.commit_snapshot
 def commit_snapshot(self, *args, **kw):  # visible in the trace as access() calls
     os.access("/nonexistent-case57/commit-begin", os.F_OK)
@@ -685,10 +692,11 @@ def _check_pool_names(pool: Pool) -> None:
 
 def test_case57_every_pool_rename_is_flushed_before_the_commit_that_records_it(
         power_world: PowerWorld, tmp_path: Path) -> None:
-    """The order the mirror promises (mirror.pool): blobs are renamed into the pool, then one
-    syncfs of the pool's filesystem, then the database transaction that records them (SQLite
-    synchronous=FULL: its WAL is fsynced inside the commit). So after a power loss at any point,
-    only blobs the database does not record can be incomplete, and those are re-hashed before
+    """The order the mirror promises (mirror.pool): blobs wait in a temp folder, one syncfs of
+    the pool's filesystem makes their bytes durable, only then are they renamed into the pool,
+    a second syncfs makes the names durable, then the database transaction records them (SQLite
+    synchronous=FULL: its WAL is fsynced inside the commit). So after a power loss at any point
+    no name in the pool holds incomplete bytes; and an unrecorded one is still re-hashed before
     use (Pool.adopt) or removed by gc."""
     w = power_world
     w.upstream.add(DebPackage("hello", "1.1-1"), DebPackage("libfoo1", "2.1-1", arch="i386"))
@@ -705,6 +713,8 @@ def test_case57_every_pool_rename_is_flushed_before_the_commit_that_records_it(
     assert flushes, "no syncfs of the pool"
     last_rename = max(i for i, _ in renames)
     assert any(last_rename < i < begin for i in flushes), "a pool rename is not flushed before the commit"
+    first_rename = min(i for i, _ in renames)
+    assert any(i < first_rename for i in flushes), "a blob was named before its bytes were on disk"
     assert not [p for i, p in renames if begin <= i <= end], "a rename inside the commit"
     db = str(w.mirror.settings.storage.root / "state.db")
     assert any(c.name in ("fsync", "fdatasync") and c.fd_path.startswith(db) for c in calls[begin:end]), \
@@ -721,18 +731,21 @@ def test_case57_every_pool_rename_is_flushed_before_the_commit_that_records_it(
     assert referenced - w.recorded <= renamed, sorted(referenced - w.recorded - renamed)
 
 
-def _power_cut(w: PowerWorld, tmp_path: Path) -> set[str]:
-    """Sync until just before the pool is flushed, then lose every write not flushed: each name a
-    rename made visible since then keeps only an empty file (the worst an ordered-metadata
-    filesystem may leave: the rename is durable, the data is not), unless the renamed file was
-    fsynced before its rename. The names damaged."""
-    proc, calls = _traced_sync(w, "power-cut", tmp_path / "cut.txt")
+def _power_cut(w: PowerWorld, tmp_path: Path, mode: str = "power-cut") -> set[str]:
+    """Sync until just before the pool is flushed ("power-cut"), or until the third staged file
+    is being named in the pool ("power-cut-renaming"), then lose every write not flushed: each
+    name a rename made visible keeps only an empty file (the worst an ordered-metadata filesystem
+    may leave: the rename is durable, the data is not), unless the renamed file was fsynced, or
+    the pool's filesystem synced, between its last write and the rename (this sync writes every
+    staged file before its first syncfs). The names damaged."""
+    proc, calls = _traced_sync(w, mode, tmp_path / "cut.txt")
     assert proc.returncode == 137, proc.stdout + proc.stderr
     pool_root = Pool(w.mirror.settings.storage.root).root
     damaged = set()
     for i, target in _pool_renames(calls, pool_root):
         source = calls[i].strings[0]
-        if any(c.name in ("fsync", "fdatasync") and c.fd_path == source for c in calls[:i]):
+        if any((c.name in ("fsync", "fdatasync") and c.fd_path == source) or c.name in ("syncfs", "sync")
+               for c in calls[:i]):
             continue  # its data was flushed before the rename made it visible: it survives
         Path(target).write_bytes(b"")
         damaged.add(Path(target).name)
@@ -750,9 +763,25 @@ def test_case57_power_loss_before_the_flush_leaves_the_served_tree_and_the_next_
     w.upstream.add(DebPackage("hello", "1.1-1"), DebPackage("libfoo1", "2.1-1", arch="i386"))
     w.upstream.publish(keep_plain_on_disk=False)
     damaged = _power_cut(w, tmp_path)
-    assert damaged and not damaged & w.recorded, _paths_of(w, damaged & w.recorded)
+    assert not damaged, _paths_of(w, damaged)  # nothing was named in the pool before the flush
+    _check_pool_names(Pool(w.mirror.settings.storage.root))
     assert w.mirror.served_tree() == w.before  # KEEP: nothing served was touched
-    again = w.mirror.sync_one()  # the damaged leftovers are re-hashed, removed and fetched again
+    again = w.mirror.sync_one()  # the staged files left in the temp folder are removed
+    assert again.ok and again.snapshot, again.error
+    _check_pool_names(Pool(w.mirror.settings.storage.root))
+    assert w.mirror.served_tree() != w.before
+
+
+def test_case57_power_loss_while_naming_staged_files_leaves_only_whole_files_in_the_pool(
+        power_world: PowerWorld, tmp_path: Path) -> None:
+    w = power_world
+    w.upstream.add(DebPackage("hello", "1.1-1"), DebPackage("libfoo1", "2.1-1", arch="i386"))
+    w.upstream.publish(keep_plain_on_disk=False)
+    damaged = _power_cut(w, tmp_path, "power-cut-renaming")
+    assert not damaged, _paths_of(w, damaged)  # every name was made after its bytes were flushed
+    _check_pool_names(Pool(w.mirror.settings.storage.root))
+    assert w.mirror.served_tree() == w.before
+    again = w.mirror.sync_one()  # the names made before the cut are adopted (re-hashed)
     assert again.ok and again.snapshot, again.error
     _check_pool_names(Pool(w.mirror.settings.storage.root))
     assert w.mirror.served_tree() != w.before

@@ -24,8 +24,12 @@ async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 
 def _ingest(pool: Pool, data: bytes, expected: ExpectedFile, chunk: int = 7) -> None:
+    """Ingest, then make durable (as a sync does before its commit): the file is in the pool."""
     tmp = pool.temp_dir("t")
-    asyncio.run(pool.ingest(_chunks(data, chunk), expected, tmp, what=expected.path))
+    try:
+        asyncio.run(pool.ingest(_chunks(data, chunk), expected, tmp, what=expected.path))
+    finally:
+        pool.make_durable()
 
 
 def _leftovers(pool: Pool) -> list[Path]:

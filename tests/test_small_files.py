@@ -50,11 +50,17 @@ def _fetch(root: Path, path: str, cap: int, faults: dict[str, Fault] | None = No
 # -- Pool.store_received -------------------------------------------------------------------------
 
 
-def test_store_received_puts_the_bytes_under_their_digest_and_leaves_no_temp_file(tmp_path: Path) -> None:
+def test_store_received_stages_the_bytes_until_make_durable_puts_them_under_their_digest(
+        tmp_path: Path) -> None:
     pool = Pool(tmp_path)
     tmp = pool.temp_dir("repo")
     digest = pool.store_received(BODY, len(BODY), _expected(), tmp, what="pool/main/x.deb", url=URL)
     assert digest == hashlib.sha256(BODY).hexdigest()
+    staged = pool.path_for(digest)  # this Pool reads it where it waits
+    assert staged.parent == tmp and staged.read_bytes() == BODY and pool.exists(digest)
+    assert not Pool(tmp_path).path_for(digest).exists()  # no name in the pool before make_durable
+    pool.make_durable()
+    assert pool.path_for(digest) == Pool(tmp_path).path_for(digest)
     assert pool.path_for(digest).read_bytes() == BODY
     assert _files(tmp) == []
 
@@ -90,24 +96,32 @@ def test_store_received_checks_the_second_digest_too(tmp_path: Path) -> None:
     assert pool.store_received(BODY, len(BODY), only_alt, tmp, what="x") == hashlib.sha256(BODY).hexdigest()
     with pytest.raises(ChecksumMismatchError, match="no digest"):
         pool.store_received(BODY, len(BODY), ExpectedFile("x", len(BODY), ""), tmp, what="x")
+    pool.make_durable()
     assert _files(tmp) == []
 
 
-def test_store_whole_flushes_a_replacement_of_an_existing_name_before_the_rename(
+def test_make_durable_flushes_the_bytes_before_any_name_and_the_names_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """HOSTILE 57: a name a tier may serve is replaced only by bytes already on disk; a new name
-    is not flushed one by one (the sync's syncfs does that before its commit)."""
+    """HOSTILE 57: no name in the pool ever points at bytes not yet on disk, a new name or the
+    replacement of one a tier may serve, without an fsync per file: one flush before the renames,
+    one after them."""
     pool = Pool(tmp_path)
     tmp = pool.temp_dir("repo")
+    other = b"another file"
     calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    real_flush, real_replace = pool._flush, os.replace
+    monkeypatch.setattr(pool, "_flush", lambda: (calls.append("flush"), real_flush())[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
     pool.store_whole(BODY, _expected(), str(tmp), "x")
-    assert calls == ["replace"]
+    pool.store_whole(other, _expected(other), str(tmp), "y")
+    assert calls == []  # nothing is renamed, nor flushed file by file, while a sync fetches
+    pool.make_durable()
+    assert calls == ["flush", "replace", "replace", "flush"]
     calls.clear()
     pool.store_whole(BODY, _expected(), str(tmp), "x")  # the final name exists now
-    assert calls == ["fsync", "replace"]
+    pool.make_durable()
+    assert calls == ["flush", "replace", "flush"]
     assert pool.path_for(_expected().sha256).read_bytes() == BODY
     assert _files(tmp) == []
 
@@ -132,9 +146,11 @@ def test_store_whole_goes_on_when_gc_pruned_the_fanout_folder(tmp_path: Path) ->
     pool = Pool(tmp_path)
     tmp = pool.temp_dir("repo")
     first = pool.store_whole(BODY, _expected(), str(tmp), "x")
+    pool.make_durable()
     pool.path_for(first).unlink()
     pool.path_for(first).parent.rmdir()  # as gc's _prune_empty_dirs does, behind this Pool's back
     assert pool.store_whole(BODY, _expected(), str(tmp), "x") == first
+    pool.make_durable()
     assert pool.path_for(first).read_bytes() == BODY
 
 
