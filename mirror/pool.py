@@ -251,6 +251,11 @@ class Pool:
                     os.unlink(name)
         return digest
 
+    @property
+    def staged(self) -> int:
+        """How many verified files wait for `make_durable`."""
+        return len(self._staged)
+
     def _stage(self, digest: str, name: str) -> None:
         directory = f"{self._root}/{digest[:2]}"
         self._staged[digest] = (name, f"{directory}/{digest}", directory)
@@ -282,14 +287,15 @@ class Pool:
         renames to their final names, a syncfs (the names). A name that already exists (the
         same content: a name is its digest) is replaced only by bytes already on disk."""
         self.prepare()
+        batch = list(self._staged.items())  # what the first flush covers
         self._flush()
-        staged = self._staged
-        if not staged:
+        if not batch:
             return
+        final = ""
         try:
-            for digest, (name, final, directory) in list(staged.items()):
+            for digest, (name, final, directory) in batch:
                 self._replace(name, final, directory)
-                del staged[digest]
+                del self._staged[digest]
         except OSError as exc:
             raise storage_error(exc, final) from exc
         self._flush()

@@ -289,6 +289,8 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
             finally:
                 for close in ctx.on_close if ctx is not None else ():
                     await close()
+                if ctx is not None:
+                    await _keep_staged(ctx)
                 await asyncio.to_thread(_rmtree, tmp)
         outcome = "unchanged" if snapshot is None else "snapshot"
         await _finish_run(store, run_id, outcome, progress, snapshot=snapshot,
@@ -306,6 +308,18 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
     if run_id is not None:
         await _finish_run(store, run_id, "failed", progress, error=error)
     return SyncResult(repo=repo.name, error=error, files=progress.files_done, bytes=progress.bytes_done)
+
+
+async def _keep_staged(ctx: SyncContext) -> None:
+    """A sync that failed keeps what it verified: its staged files go into the pool, unrecorded
+    (bytes flushed before they are named, as at a commit), so the next run adopts them (re-hashed)
+    instead of fetching them again. A successful sync has nothing staged left."""
+    if not ctx.pool.staged:
+        return
+    try:
+        await asyncio.to_thread(ctx.pool.make_durable)
+    except (MirrorError, OSError) as exc:
+        log.warning("%s: cannot keep the files this failed sync fetched: %s", ctx.repo.name, exc)
 
 
 async def _finish_run(store: Store, run_id: int, outcome: str, progress: Progress, *,

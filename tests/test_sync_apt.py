@@ -431,3 +431,23 @@ keyring = "{keyring}"
     out = mirror.cli("sync")
     assert out.returncode == 1
     assert "repo: unchanged" in out.stdout and "broken: error:" in out.stdout
+
+
+def test_a_failed_sync_keeps_what_it_verified_and_the_next_run_fetches_only_the_rest(setup: Setup) -> None:
+    """Files a failed sync verified go into the pool (flushed before they are named), unrecorded:
+    the next run re-hashes them instead of fetching them again."""
+    up = setup.upstream
+    failing = up.url_path_of("libfoo1")
+    setup.server.faults[failing] = Fault(statuses=[404])
+    first = setup.mirror.sync_one()
+    assert not first.ok and first.error is not None and failing in str(first.error)
+    assert setup.mirror.snapshots() == []
+    assert setup.mirror.temp_files() == []
+    hello = up.url_path_of("hello")
+    assert setup.server.count(hello) == 1
+    del setup.server.faults[failing]
+    again = setup.mirror.sync_one()
+    assert again.ok and again.snapshot, again.error
+    assert setup.server.count(hello) == 1  # adopted from the pool, not fetched again
+    assert setup.server.count(failing) == 2
+    assert setup.mirror.served_tree()[hello] == up.deb_path("hello").read_bytes()
