@@ -18,8 +18,10 @@ its indices and checks its package signatures there), until `make_durable`: one 
 their bytes durable, only then are they renamed to their final names, and a second syncfs makes
 the names durable; the state database records a blob as present only after that. So after a
 power loss at any point no name in the pool holds incomplete bytes (HOSTILE 57), without an
-fsync per file; a crash before the renames leaves only temp files, which the next run removes,
-and an unrecorded file under its final name is still re-hashed before it is trusted (`adopt`).
+fsync per file. A crash before the renames leaves only temp files, named by their digests: the
+next run of that repo re-hashes them and stages the whole ones (`salvage_stale_temp`,
+`adopt_salvaged`); an unrecorded file under its final name is re-hashed before it is trusted too
+(`adopt`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class Pool:
         #: Verified files waiting in a temp folder for `make_durable`: sha256 -> (temp file, final
         #: name, fan-out folder).
         self._staged: dict[str, tuple[str, str, str]] = {}
+        #: Files a dead run of the same repo had staged (named by their sha256 in its temp folder),
+        #: unverified since: sha256 -> path (`salvage_stale_temp`, `adopt_salvaged`).
+        self._salvage: dict[str, str] = {}
         self._layout = root / "pool" / "layout"
         if not self._layout_recorded() and self.root.is_dir():
             self._upgrade_layout()
@@ -150,6 +155,40 @@ class Pool:
         for entry in self.tmp.iterdir():
             if entry.name.startswith(f"{prefix}."):
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def salvage_stale_temp(self, prefix: str) -> list[Path]:
+        """The temp dirs a dead run of `prefix` left (call while holding that repo's lock); the
+        files it had staged in them (named by their sha256) may be adopted by this run
+        (`adopt_salvaged`) before the caller removes the dirs at its end."""
+        if not self.tmp.is_dir():
+            return []
+        stale = [entry for entry in self.tmp.iterdir() if entry.name.startswith(f"{prefix}.")]
+        for folder in stale:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(folder):
+                    if SHA256_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                        self._salvage[entry.name] = entry.path
+        return stale
+
+    def salvageable(self, sha256: str) -> bool:
+        return sha256 in self._salvage
+
+    def adopt_salvaged(self, expected: ExpectedFile) -> bool:
+        """Blocking: stage the file a dead run left for `expected` if it is complete and correct
+        (re-hashed: it was never flushed); a wrong one is removed."""
+        path = self._salvage.pop(expected.sha256, None)
+        if path is None:
+            return False
+        try:
+            if os.stat(path).st_size == expected.size and file_sha256(Path(path)) == expected.sha256:
+                self._stage(expected.sha256, path)
+                return True
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
+        return False
 
     async def ingest(self, chunks: AsyncIterable[bytes], expected: ExpectedFile, tmp_dir: Path,
                      *, what: str, url: str | None = None) -> str:
@@ -234,7 +273,7 @@ class Pool:
             return digest
         name = ""
         try:
-            fd, name = _temp_file(tmp_dir)
+            fd, name = _temp_file(tmp_dir, digest)
             try:
                 view = memoryview(data)
                 while view:
@@ -345,11 +384,18 @@ class _BlobWriter:
         got = self.digest.hexdigest()
         alt = self.alt.hexdigest() if self.alt is not None else None
         _check(expected, self.size, got, alt, what, self.url)
-        if got not in self.pool._staged:  # else the same verified bytes are already waiting
-            self.pool._stage(got, self.name)
-            self.name = None
-        else:
+        if got in self.pool._staged:  # the same verified bytes are already waiting
             self.abort()
+            return got
+        named = f"{self.tmp_dir}/{got}"  # by its digest: a later run can adopt it if this one dies
+        try:
+            if not os.path.exists(named):
+                os.replace(self.name, named)
+                self.name = named
+        except OSError as exc:
+            raise storage_error(exc, what) from exc
+        self.pool._stage(got, self.name)
+        self.name = None
         return got
 
     def abort(self) -> None:
@@ -364,8 +410,13 @@ class _BlobWriter:
 _names = itertools.count()
 
 
-def _temp_file(tmp_dir: str) -> tuple[int, str]:
-    """A new, exclusively created temp file in `tmp_dir` (no symlink followed): (fd, name)."""
+def _temp_file(tmp_dir: str, digest: str | None = None) -> tuple[int, str]:
+    """A new, exclusively created temp file in `tmp_dir` (no symlink followed): (fd, name); named
+    `digest` when given and free (verified bytes: a later run can adopt it if this one dies)."""
+    if digest is not None:
+        name = f"{tmp_dir}/{digest}"
+        with contextlib.suppress(FileExistsError):
+            return os.open(name, _TEMP_FLAGS, 0o600), name
     while True:
         name = f"{tmp_dir}/{os.getpid()}-{next(_names)}.part"
         try:

@@ -124,6 +124,9 @@ class SyncContext:
                     return digest
             if await asyncio.to_thread(self.pool.adopt, expected):
                 return digest
+        if digest and self.pool.salvageable(digest) \
+                and await asyncio.to_thread(self.pool.adopt_salvaged, expected):
+            return digest  # verified and staged by a run that died, re-hashed now
         source = expected.fetch_path or expected.path
         url = self.url(source)
 
@@ -273,7 +276,7 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                                     "interrupted: the process running this sync died")
             run_id = await asyncio.to_thread(store.start_sync_run, repo.name)
             pool = Pool(root)
-            await asyncio.to_thread(pool.remove_stale_temp, repo.name)
+            stale = await asyncio.to_thread(pool.salvage_stale_temp, repo.name)
             tmp = await asyncio.to_thread(pool.temp_dir, repo.name)
             try:
                 try:
@@ -291,7 +294,8 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                     await close()
                 if ctx is not None:
                     await _keep_staged(ctx)
-                await asyncio.to_thread(_rmtree, tmp)
+                for folder in (tmp, *stale):
+                    await asyncio.to_thread(_rmtree, folder)
         outcome = "unchanged" if snapshot is None else "snapshot"
         await _finish_run(store, run_id, outcome, progress, snapshot=snapshot,
                           note="; ".join(ctx.notes) if ctx is not None and ctx.notes else None)

@@ -777,6 +777,28 @@ def test_case57_power_loss_leaves_only_whole_files_in_the_pool_and_the_next_sync
     assert w.mirror.served_tree() != w.before
 
 
+def test_case57_a_run_killed_before_its_commit_leaves_its_verified_files_to_the_next_one(
+        power_world: PowerWorld) -> None:
+    """kill -9 just before the flush (no power loss: the bytes are in the page cache): the files
+    the run had verified wait in its temp folder, named by their digests; the next run re-hashes
+    them there and fetches none of them again, and removes the dead run's folder."""
+    w = power_world
+    w.upstream.add(DebPackage("hello", "1.1-1"), DebPackage("libfoo1", "2.1-1", arch="i386"))
+    w.upstream.publish(keep_plain_on_disk=False)
+    proc = subprocess.run([sys.executable, "-c", _SYNC_CHILD, str(w.mirror.config), "power-cut"],
+                          capture_output=True, text=True, timeout=120, cwd=CHECKOUT, check=False)
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    new = [w.upstream.url_path_of("hello", "1.1-1"), w.upstream.url_path_of("libfoo1", "2.1-1")]
+    fetched = {path: w.server.count(path) for path in new}
+    assert all(fetched.values()), fetched
+    assert w.mirror.temp_files(), "the killed run left nothing to adopt"
+    again = w.mirror.sync_one()
+    assert again.ok and again.snapshot, again.error
+    assert {path: w.server.count(path) for path in new} == fetched  # adopted, not fetched again
+    assert w.mirror.temp_files() == []
+    _check_pool_names(Pool(w.mirror.settings.storage.root))
+
+
 def test_case57_power_loss_never_damages_an_object_a_tier_already_serves(
         power_world: PowerWorld, tmp_path: Path) -> None:
     # Found with this test and fixed in mirror/trust/apt.py (_fetch_index): the decompressed
