@@ -550,6 +550,20 @@ def test_case76_pool_mismatch_messages_say_expected_received_and_where_from(
     assert "(from https://up.example:8443/x)" in str(caught.value) and "secret" not in str(caught.value)
 
 
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+def _mirror_with_admin_token(tmp_path: Path, archive_key: SigningKey) -> Mirror:
+    """A mirror whose API accepts ADMIN_TOKEN (an admin line in its token file)."""
+    keyring = archive_key.write_public(tmp_path / "k.asc")
+    tokens = tmp_path / "m" / "tokens"
+    tokens.parent.mkdir(parents=True)
+    tokens.write_text(f"admin:{ADMIN_TOKEN}\n")
+    tokens.chmod(0o600)
+    return write_config(tmp_path / "m", "http://127.0.0.1:9/", keyring,
+                        extra_server=f'token_file = "{tokens}"')
+
+
 @pytest.mark.parametrize("via", ["api", "cli"])
 def test_case76_a_promotion_policy_refusal_is_loud(tmp_path: Path, archive_key: SigningKey, via: str) -> None:
     """Replay of 73 (dev -> prod, skipping test and uat): 422 `policy_refused` naming the tier to
@@ -557,14 +571,7 @@ def test_case76_a_promotion_policy_refusal_is_loud(tmp_path: Path, archive_key: 
     line for a refused promotion: the test below.)"""
     from tests.helpers import seed_snapshot
 
-    keyring = archive_key.write_public(tmp_path / "k.asc")
-    token = "admin-token-0123456789abcdef"
-    tokens = tmp_path / "m" / "tokens"
-    tokens.parent.mkdir(parents=True)
-    tokens.write_text(f"admin:{token}\n")
-    tokens.chmod(0o600)
-    mirror = write_config(tmp_path / "m", "http://127.0.0.1:9/", keyring,
-                          extra_server=f'token_file = "{tokens}"')
+    mirror = _mirror_with_admin_token(tmp_path, archive_key)
     store = mirror.store()
     try:
         snap = seed_snapshot(store, Pool(mirror.settings.storage.root), "repo",
@@ -584,7 +591,7 @@ def test_case76_a_promotion_policy_refusal_is_loud(tmp_path: Path, archive_key: 
             app = make_api_app(mirror.settings, store)
             with app_in_thread(app) as url:
                 reply = http("POST", f"{url}/api/v1/repos/repo/promote",
-                             body={"to": "prod", "snapshot": snap}, token=token)
+                             body={"to": "prod", "snapshot": snap}, token=ADMIN_TOKEN)
         finally:
             store.close()
         assert reply.status == 422, reply.body
@@ -600,14 +607,7 @@ def test_case76_a_promotion_policy_refusal_is_in_the_server_log(tmp_path: Path, 
     from mirror.web.api import make_api_app
     from tests.helpers import seed_snapshot
 
-    keyring = archive_key.write_public(tmp_path / "k.asc")
-    token = "admin-token-0123456789abcdef"
-    tokens = tmp_path / "m" / "tokens"
-    tokens.parent.mkdir(parents=True)
-    tokens.write_text(f"admin:{token}\n")
-    tokens.chmod(0o600)
-    mirror = write_config(tmp_path / "m", "http://127.0.0.1:9/", keyring,
-                          extra_server=f'token_file = "{tokens}"')
+    mirror = _mirror_with_admin_token(tmp_path, archive_key)
     store = mirror.store()
     try:
         snap = seed_snapshot(store, Pool(mirror.settings.storage.root), "repo",
@@ -615,7 +615,7 @@ def test_case76_a_promotion_policy_refusal_is_in_the_server_log(tmp_path: Path, 
         app = make_api_app(mirror.settings, store)
         with caplog.at_level(logging.INFO), app_in_thread(app) as url:
             reply = http("POST", f"{url}/api/v1/repos/repo/promote", body={"to": "prod", "snapshot": snap},
-                         token=token)
+                         token=ADMIN_TOKEN)
     finally:
         store.close()
     assert reply.status == 422
