@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := gpg gpgv gpg-agent dpkg-dev apt xz-utils zstd curl python3-venv ca-certificates rpm dnf zchunk strace
+SYSTEM_PACKAGES := gpg gpgv gpg-agent dpkg-dev apt xz-utils zstd curl python3-venv ca-certificates rpm dnf zchunk strace openssl
 BENCH_PACKAGES := nginx aptly wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

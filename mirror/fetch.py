@@ -1,4 +1,4 @@
-"""Network only: one aiohttp session, bounded concurrency, size caps, one retry policy.
+"""Network only: one HTTP client (`mirror.transport`), bounded concurrency, size caps, one retry policy.
 
 The client hashes bytes exactly as the upstream stores them (`auto_decompress=False`), has
 connect and per-read timeouts but no total cap, follows redirects itself so that a redirect to
@@ -17,7 +17,6 @@ from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 import aiofiles
-import aiohttp
 
 from mirror import __version__
 from mirror.errors import (
@@ -29,6 +28,7 @@ from mirror.errors import (
     SizeMismatchError,
     TooLargeError,
 )
+from mirror.transport import Client, Response
 
 USER_AGENT = f"mirror/{__version__} (+https://example.org/mirror)"
 CHUNK = 256 * 1024
@@ -94,21 +94,17 @@ class Fetcher:
 
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
 
     async def __aenter__(self) -> Fetcher:
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.policy.connect_timeout,
-                                        sock_connect=self.policy.connect_timeout,
-                                        sock_read=self.policy.read_timeout)
-        self._session = aiohttp.ClientSession(
-            timeout=timeout, auto_decompress=False, headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), trust_env=False)
+        self._client = Client(connect_timeout=self.policy.connect_timeout,
+                              read_timeout=self.policy.read_timeout, user_agent=USER_AGENT)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     @asynccontextmanager
     async def open_stream(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
@@ -117,9 +113,9 @@ class Fetcher:
             async with self._open_file(url) as result:
                 yield result
             return
-        response, current = await self._get(url)
+        response = await self._get(url)
         try:
-            yield response.content_length, _iter_body(response, current)
+            yield response.content_length, _iter_body(response)
         finally:
             response.release()
 
@@ -129,9 +125,9 @@ class Fetcher:
 
         The same requests, redirects and errors as `open_stream`, without its per-chunk layers:
         for the many small files of a sync."""
-        parts: list[bytes] = []
-        size = 0
         if not url.startswith(("http://", "https://")) and urlsplit(url).scheme == "file":
+            parts: list[bytes] = []
+            size = 0
             async with self._open_file(url) as (_length, chunks):
                 async for chunk in chunks:
                     size += len(chunk)
@@ -139,35 +135,24 @@ class Fetcher:
                         break
                     parts.append(chunk)
             return b"".join(parts), size
-        response, current = await self._get(url)
+        response = await self._get(url)
         try:
-            content = response.content
-            while chunk := await content.readany():
-                size += len(chunk)
-                if size > cap:
-                    break
-                parts.append(chunk)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise FetchError(f"transfer from {current} failed: {_describe(exc)}") from exc
+            return await response.collect(cap)
         finally:
             response.release()
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), size
 
-    async def _get(self, url: str) -> tuple[aiohttp.ClientResponse, str]:
-        """The 200 response for `url`, redirects followed as allowed, and the URL that gave it; the
-        caller releases the response. FetchError subclasses on failure."""
-        assert self._session is not None, "Fetcher used outside `async with`"
+    async def _get(self, url: str) -> Response:
+        """The 200 response for `url`, redirects followed as allowed; the caller releases it.
+        FetchError subclasses on failure."""
+        assert self._client is not None, "Fetcher used outside `async with`"
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            try:
-                response = await self._session.get(current, allow_redirects=False)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise FetchError(f"cannot fetch {current}: {_describe(exc)}") from exc
+            response = await self._client.get(current)
             if response.status == 200:
-                return response, current
+                return response
             try:
                 if response.status in (301, 302, 303, 307, 308):
-                    location = response.headers.get("Location")
+                    location = response.headers.get("location")
                     if not location:
                         raise FetchError(f"redirect without Location from {current}")
                     current = _check_redirect(current, urljoin(current, location))
@@ -175,7 +160,7 @@ class Fetcher:
                 if response.status in (404, 410):
                     raise NotFoundUpstreamError(f"HTTP {response.status}: not found at {current}")
                 raise HTTPStatusError(response.status, current, _parse_retry_after(
-                    response.headers.get("Retry-After")))
+                    response.headers.get("retry-after")))
             finally:
                 response.release()
         raise RedirectError(f"more than {MAX_REDIRECTS} redirects from {url}")
@@ -222,12 +207,9 @@ class Fetcher:
             raise exc.with_context(path=what) from None
 
 
-async def _iter_body(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.content.iter_chunked(CHUNK):
-            yield chunk
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise FetchError(f"transfer from {url} failed: {_describe(exc)}") from exc
+async def _iter_body(response: Response) -> AsyncIterator[bytes]:
+    while chunk := await response.chunks():
+        yield chunk
 
 
 def _check_redirect(source: str, target: str) -> str:
@@ -246,10 +228,3 @@ def _parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
