@@ -31,7 +31,7 @@ from mirror.errors import FetchError
 MAX_HEAD = 64 * 1024  # status line and header fields, in bytes
 MAX_FIELDS = 128
 HIGH_WATER = 1024 * 1024  # stop reading the socket while this much body waits unread
-LOW_WATER = 256 * 1024
+READ_BUFFER = 256 * 1024
 _SAFE_PATH = "/:@!$&'()*+,;=-._~%"
 _SAFE_QUERY = _SAFE_PATH + "?"
 
@@ -72,10 +72,12 @@ def target(url: str, user_agent: str) -> Target:
     return Target((scheme, host, port), head.encode("utf-8"))
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; one request at a time."""
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP (or TLS) connection; one request at a time. The socket is read into one buffer
+    that lives as long as the connection (no allocation per read)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+        self._buffer = memoryview(bytearray(READ_BUFFER))
         self._loop = loop
         self._read_timeout = read_timeout
         self._transport: asyncio.Transport | None = None
@@ -92,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self._fields = 0
         self._head = 0
+        self._head_fields = 0
         self._interim = False
         self.head_done = False
         self.complete = False
@@ -117,7 +120,13 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.got_bytes = True
         self._last = self._loop.time()
         if self.failure is not None or self.over:
@@ -130,7 +139,10 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            self._fail(exc.__cause__ or exc)
+            self._fail(exc.__cause__ or exc.__context__ or exc)
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(ConnectionError(f"the server switched protocols (HTTP {self.status})"))
             return
         except httptools.HttpParserError as exc:
             self._fail(ConnectionError(f"malformed HTTP response: {exc}"))
@@ -164,11 +176,22 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: never appended to the first
+            raise ConnectionError("unexpected bytes after the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         if self._fields > MAX_FIELDS:
             raise ConnectionError(f"more than {MAX_FIELDS} header fields")
-        self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1").strip())
+        self._head_fields += len(name) + len(value) + 4
+        if self._head_fields > MAX_HEAD:
+            raise ConnectionError(f"response head longer than {MAX_HEAD} bytes")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1").strip()
+        if key == "transfer-encoding" and key in self.headers:  # repeated: one list of codings
+            self.headers[key] += ", " + text
+        else:
+            self.headers.setdefault(key, text)
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -191,7 +214,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._interim:
-            self.headers, self._fields, self._interim, self._head = {}, 0, False, 0
+            self.headers, self._fields, self._interim, self._head, self._head_fields = {}, 0, False, 0, 0
             return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
@@ -205,8 +228,10 @@ class _Connection(asyncio.Protocol):
         return int(value) if value is not None and value.isdigit() else None
 
     def _until_close(self) -> bool:
-        return ("content-length" not in self.headers
-                and "chunked" not in self.headers.get("transfer-encoding", "").lower())
+        """Is the body delimited by the end of the connection (RFC 9112 6.3): no Content-Length,
+        and no Transfer-Encoding whose last coding is chunked."""
+        codings = self.headers.get("transfer-encoding", "").lower().split(",")
+        return "content-length" not in self.headers and codings[-1].strip() != "chunked"
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -241,15 +266,18 @@ class _Connection(asyncio.Protocol):
                 self._timer = None
 
     def take(self) -> bytes:
-        """Every body byte that waits, as one piece (reading resumes once few are left)."""
+        """Every body byte that waits, as one piece (reading resumes)."""
         chunks = self.chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
+        self.resume()
+        return data
+
+    def resume(self) -> None:
         if self._paused and self._transport is not None and not self.closed:
             self._paused = False
             self._transport.resume_reading()
-        return data
 
     def reusable(self) -> bool:
         return (self.complete and self.keep_alive and not self.closed and self.failure is None
@@ -272,6 +300,7 @@ class Response:
         self.headers = conn.headers
         self.url = conn.url
         self.content_length = conn.content_length
+        self._released = False
 
     def _raise_failure(self) -> None:
         failure = self._conn.failure
@@ -294,6 +323,7 @@ class Response:
         piece that went over: (bytes kept, bytes received)."""
         conn = self._conn
         conn.cap = cap
+        conn.resume()  # collecting is never paused (the cap bounds it)
         if conn.received > cap:  # more came with the head: keep the pieces before the one over
             kept: deque[bytes] = deque()
             total = 0
@@ -313,6 +343,9 @@ class Response:
 
     def release(self) -> None:
         conn, self._conn.cap = self._conn, None
+        if self._released:
+            return
+        self._released = True
         if conn.reusable():
             conn.url = ""
             self._client.put_back(self._key, conn)
@@ -343,7 +376,7 @@ class Client:
             if conn.head_done and not conn.failure:
                 return Response(self, where.key, conn)
             conn.close()
-            if reused and not conn.got_bytes:
+            if reused and not conn.got_bytes and not isinstance(conn.failure, TimeoutError):
                 continue  # a kept-alive connection the server had closed: once more, on a new one
             failure = conn.failure or ConnectionError("the server closed the connection")
             raise FetchError(f"cannot fetch {url}: {describe(failure)}") from failure
