@@ -172,7 +172,8 @@ def _store(settings: Settings) -> Any:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    from mirror.sync import Progress, sync_repos
+    from mirror.downloads import Helpers, helper_count
+    from mirror.sync import Progress, SyncResult, fetch_policy, sync_repos
 
     for name in args.repos:
         settings.repo(name)
@@ -180,17 +181,26 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     names = args.repos or list(settings.repo_names)
     show = sys.stderr.isatty() and not args.no_progress
     progresses = {n: Progress(repo=n) for n in names}
+    # Forked before the event loop and any thread exist: a fork copies only the calling thread.
+    helpers = Helpers.fork(helper_count(settings.sync.download_processes), fetch_policy(settings),
+                           settings.sync.max_parallel_downloads)
+
+    async def run() -> list[SyncResult]:
+        try:
+            return await sync_repos(settings, names, store, progresses.__getitem__,
+                                    allow_rollback=args.allow_rollback,
+                                    accept_identity_change=args.accept_identity_change, helpers=helpers)
+        finally:
+            if helpers is not None:
+                await helpers.close()
+
     if show:
         from mirror.progress import live_progress
 
         with live_progress(progresses.values()):
-            results = asyncio.run(sync_repos(settings, names, store, progresses.__getitem__,
-                                             allow_rollback=args.allow_rollback,
-                                             accept_identity_change=args.accept_identity_change))
+            results = asyncio.run(run())
     else:
-        results = asyncio.run(sync_repos(settings, names, store, progresses.__getitem__,
-                                         allow_rollback=args.allow_rollback,
-                                         accept_identity_change=args.accept_identity_change))
+        results = asyncio.run(run())
     for r in results:
         if r.error is not None:
             print(f"{r.repo}: error: {r.error}")

@@ -48,6 +48,8 @@ class ServerSettings:
 @dataclass(frozen=True)
 class SyncSettings:
     max_parallel_downloads: int = 10
+    #: helper processes `mirror sync` downloads with (mirror.downloads); None: "auto"
+    download_processes: int | None = None
     connect_timeout: float = 30.0
     read_timeout: float = 60.0
     retries: int = 4
@@ -262,6 +264,22 @@ def _workers(r: _Reader, key: str, default: int) -> int:
     return value
 
 
+MAX_DOWNLOAD_PROCESSES = 3
+
+
+def _helpers(r: _Reader, key: str) -> int | None:
+    """Download helper processes: 0 to MAX_DOWNLOAD_PROCESSES, or "auto" (None)."""
+    r.seen.add(key)
+    value = r.data.get(key, "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise r.fail(key, f"must be an integer or \"auto\", not {value!r}")
+    if not 0 <= value <= MAX_DOWNLOAD_PROCESSES:
+        raise r.fail(key, f"must be between 0 and {MAX_DOWNLOAD_PROCESSES}, not {value}")
+    return value
+
+
 def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Settings:
     top = _Reader(path, raw, "")
     tiers = top.strings("tiers", ("dev", "test", "uat", "prod"), check=_valid_tier, what="tier name",
@@ -294,6 +312,7 @@ def parse(raw: Mapping[str, Any], path: Path, *, check_keys: bool = True) -> Set
     if (syn := top.table("sync")) is not None:
         sync = SyncSettings(
             max_parallel_downloads=_positive(syn, "max_parallel_downloads", sync.max_parallel_downloads),
+            download_processes=_helpers(syn, "download_processes"),
             connect_timeout=_positive_f(syn, "connect_timeout", sync.connect_timeout),
             read_timeout=_positive_f(syn, "read_timeout", sync.read_timeout),
             retries=_positive(syn, "retries", sync.retries, minimum=0),

@@ -26,6 +26,11 @@ class MirrorError(Exception):
         )
         return f"{where} {self.message}" if where else self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled whole (subclass, message, context, any attribute a subclass adds): errors come
+        back from download helper processes (mirror.downloads) as they were raised."""
+        return _rebuild, (type(self), self.args, self.__dict__)
+
     def with_context(self, *, repo: str | None = None, path: str | None = None) -> MirrorError:
         """Fill in the repo and file this error concerns, when the raiser did not know them."""
         if self.repo is None:
@@ -33,6 +38,13 @@ class MirrorError(Exception):
         if self.path is None:
             self.path = path
         return self
+
+
+def _rebuild(cls: type[MirrorError], args: tuple[object, ...], state: dict[str, object]) -> MirrorError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(MirrorError):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from mirror.config import Settings
 from mirror.errors import LockedError, MirrorError
-from mirror.fetch import Fetcher, FetchPolicy, with_retries
+from mirror.fetch import Fetcher, with_retries
 from mirror.model import EntryKind, ExpectedFile, utcnow
 from mirror.pool import Pool, file_sha256, storage_error
 from mirror.store import Store, VerifyDamageRow, VerifyResult
@@ -165,9 +165,9 @@ async def repair(settings: Settings, store: Store, report: IntegrityReport, *,
         tmp = await asyncio.to_thread(pool.temp_dir, "_verify")
         try:
             if fetcher is None:
-                policy = FetchPolicy(connect_timeout=settings.sync.connect_timeout,
-                                     read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
-                async with Fetcher(policy) as own:
+                from mirror.sync import fetch_policy
+
+                async with Fetcher(fetch_policy(settings)) as own:
                     await _repair_all(settings, store, pool, own, tmp, report)
             else:
                 await _repair_all(settings, store, pool, fetcher, tmp, report)

@@ -299,6 +299,22 @@ class Pool:
         directory = f"{self._root}/{digest[:2]}"
         self._staged[digest] = (name, f"{directory}/{digest}", directory)
 
+    def unstage(self, digest: str) -> str:
+        """The temp file a staged blob waits in, handed over (a download helper process gives it
+        to the sync's own Pool, `adopt_staged`): this Pool forgets it."""
+        return self._staged.pop(digest)[0]
+
+    def adopt_staged(self, digest: str, name: str) -> None:
+        """Blocking: stage temp file `name`, verified as `digest` by a download helper process of
+        this sync (`unstage` there); a second copy of bytes already staged is removed."""
+        staged = self._staged.get(digest)
+        if staged is not None:
+            if staged[0] != name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+            return
+        self._stage(digest, name)
+
     def adopt(self, expected: ExpectedFile) -> bool:
         """Blocking: is an unrecorded file already under its final name complete and correct?
 

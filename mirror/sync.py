@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mirror.config import RepoSettings, Settings
+from mirror.downloads import Helpers, fetch_into_pool
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
@@ -30,9 +31,9 @@ from mirror.errors import (
     MirrorError,
     RollbackError,
 )
-from mirror.fetch import Fetcher, FetchPolicy, with_retries
+from mirror.fetch import Fetcher, FetchPolicy
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
-from mirror.pool import INLINE_MAX, Pool, storage_error
+from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
 from mirror.trust.gpg import Keyring
 
@@ -105,6 +106,7 @@ class SyncContext:
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the sync ends
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
     notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
+    helpers: Helpers | None = None  # download helper processes (`mirror sync` forks them)
 
     def url(self, path: str) -> str:
         return self.repo.url + path
@@ -127,19 +129,13 @@ class SyncContext:
         if digest and self.pool.salvageable(digest) \
                 and await asyncio.to_thread(self.pool.adopt_salvaged, expected):
             return digest  # verified and staged by a run that died, re-hashed now
-        source = expected.fetch_path or expected.path
-        url = self.url(source)
-
-        async def attempt() -> str:
-            if expected.size <= INLINE_MAX:  # most packages: received whole, then stored in one go
-                async with self.semaphore:
-                    data, size = await self.fetcher.fetch_capped(url, expected.size)
-                return self.pool.store_received(data, size, expected, self.tmp, what=expected.path, url=url)
-            async with self.semaphore, self.fetcher.open_stream(url) as (_length, chunks):
-                return await self.pool.ingest(chunks, expected, self.tmp, what=expected.path, url=url)
-
+        url = self.url(expected.fetch_path or expected.path)
         try:
-            digest = await with_retries(attempt, self.fetcher.policy)
+            fetched = None
+            if known_absent and self.helpers is not None:
+                fetched = await self.helpers.fetch(url, expected, self.tmp, self.pool)
+            digest = fetched or await fetch_into_pool(self.fetcher, self.pool, expected, url, self.tmp,
+                                                    self.semaphore)
         except MirrorError as exc:
             raise exc.with_context(repo=self.repo.name, path=expected.path) from None
         if expected.kind is EntryKind.PACKAGE:  # the totals count packages (indices are few and small)
@@ -263,7 +259,7 @@ def _older_revision(new: str | None, old: str | None) -> bool:
 
 async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetcher: Fetcher,
                     progress: Progress | None = None, *, allow_rollback: bool = False,
-                    accept_identity_change: bool = False) -> SyncResult:
+                    accept_identity_change: bool = False, helpers: Helpers | None = None) -> SyncResult:
     """Sync one repo. Never raises for the repo's own failures: they are in the result."""
     progress = progress or Progress(repo=repo.name)
     root = settings.storage.root
@@ -286,8 +282,8 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                     raise ConfigError(f"keyring {repo.keyring}: {exc}", repo=repo.name) from None
                 ctx = SyncContext(settings=settings, repo=repo, fetcher=fetcher, pool=pool, store=store,
                                   keyring=keyring, tmp=tmp, now=utcnow(), progress=progress,
-                                  semaphore=asyncio.Semaphore(settings.sync.max_parallel_downloads),
-                                  accept_identity_change=accept_identity_change)
+                                  semaphore=asyncio.Semaphore(_own_transfers(settings, helpers)),
+                                  accept_identity_change=accept_identity_change, helpers=helpers)
                 snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
             finally:
                 for close in ctx.on_close if ctx is not None else ():
@@ -434,7 +430,8 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
             else:
                 present(item)
 
-    workers = min(len(unique), ctx.settings.sync.max_parallel_downloads * 2) or 1
+    queued = ctx.helpers.queue_capacity if ctx.helpers is not None else 0
+    workers = min(len(unique), ctx.settings.sync.max_parallel_downloads * 2 + queued) or 1
     async with asyncio.TaskGroup() as group:
         for _ in range(workers):
             group.create_task(worker())
@@ -448,18 +445,28 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
 
 async def sync_repos(settings: Settings, names: Sequence[str], store: Store,
                      progress_for: Callable[[str], Progress] | None = None,
-                     *, allow_rollback: bool = False,
-                     accept_identity_change: bool = False) -> list[SyncResult]:
-    """Sync several repos in parallel with one HTTP session; one failing repo never stops the others."""
+                     *, allow_rollback: bool = False, accept_identity_change: bool = False,
+                     helpers: Helpers | None = None) -> list[SyncResult]:
+    """Sync several repos in parallel with one HTTP client (and `helpers`' own, if any); one
+    failing repo never stops the others."""
     repos = [settings.repo(n) for n in names] if names else list(settings.repos)
-    policy = FetchPolicy(connect_timeout=settings.sync.connect_timeout,
-                         read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
-    async with Fetcher(policy) as fetcher:
+    async with Fetcher(fetch_policy(settings)) as fetcher:
         tasks = [sync_repo(settings, r, store, fetcher,
                            progress_for(r.name) if progress_for else None, allow_rollback=allow_rollback,
-                           accept_identity_change=accept_identity_change)
+                           accept_identity_change=accept_identity_change, helpers=helpers)
                  for r in repos]
         return list(await asyncio.gather(*tasks))
+
+
+def _own_transfers(settings: Settings, helpers: Helpers | None) -> int:
+    """The sync's own share of `max_parallel_downloads`: what its download helpers do not take."""
+    parallel = settings.sync.max_parallel_downloads
+    return max(1, parallel - helpers.transfers) if helpers is not None else parallel
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(connect_timeout=settings.sync.connect_timeout,
+                       read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
 
 
 def _rmtree(path: Path) -> None:

@@ -1,0 +1,301 @@
+"""Package downloads, in the sync's own process or in download helper processes.
+
+A sync of many small packages is bound by one CPU long before the network is busy: each file is a
+request to parse, bytes to hash and a file to write, and Python runs one thread at a time (threads
+that hash and write lose more to handing the interpreter lock back and forth than they gain). So
+`mirror sync` forks helpers (`Helpers.fork`) before its event loop or any thread exists: copies of
+the same program, each with its own event loop and HTTP client, taking jobs over a private
+socketpair. A helper does exactly what the sync's own process does for a file
+(`fetch_into_pool`): fetches it with the one retry policy, checks its size and digests against
+the verified metadata the job carries, writes it to the sync's temp folder, and answers with its
+sha256 and temp file. The sync's `Pool` stages that file (`Pool.adopt_staged`), so the commit,
+its durability and a failed run's salvage are the same whichever process fetched a file. An
+error comes back as the `MirrorError` it was (pickled whole), naming the file and the check.
+
+Jobs and answers are length-prefixed pickles between a process and its own fork; nothing from
+the network is ever unpickled. A helper exits when its socket closes (the sync ended or died); a
+job whose helper died is fetched by the sync's own process instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mirror.config import MAX_DOWNLOAD_PROCESSES
+from mirror.errors import MirrorError
+from mirror.fetch import Fetcher, FetchPolicy, with_retries
+from mirror.model import ExpectedFile
+from mirror.pool import INLINE_MAX, Pool
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("!I")
+
+
+async def fetch_into_pool(fetcher: Fetcher, pool: Pool, expected: ExpectedFile, url: str, tmp: Path,
+                          slot: asyncio.Semaphore | None = None) -> str:
+    """Fetch `url` (retried as the policy says), check it against `expected` and stage it in
+    `pool`; its sha256. `slot` bounds the transfers in flight (held per attempt, not while
+    waiting to retry)."""
+    what = expected.path
+    slot = slot or asyncio.Semaphore(1)
+
+    async def attempt() -> str:
+        if expected.size <= INLINE_MAX:  # most packages: received whole, then stored in one go
+            async with slot:
+                data, size = await fetcher.fetch_capped(url, expected.size)
+            return pool.store_received(data, size, expected, tmp, what=what, url=url)
+        async with slot, fetcher.open_stream(url) as (_length, chunks):
+            return await pool.ingest(chunks, expected, tmp, what=what, url=url)
+
+    return await with_retries(attempt, fetcher.policy)
+
+
+def helper_count(configured: int | None) -> int:
+    """How many helpers a sync forks: as configured, else one per CPU this process may use beyond
+    the first, at most MAX_DOWNLOAD_PROCESSES."""
+    if configured is not None:
+        return configured
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(0, min(MAX_DOWNLOAD_PROCESSES, cpus - 1))
+
+
+@dataclass(eq=False)
+class _Helper:
+    pid: int
+    sock: socket.socket
+    queued: int = 0  # jobs sent and not yet answered
+    alive: bool = True
+    outbox: _Outbox | None = None
+    jobs: dict[int, tuple[asyncio.Future[tuple[str, str] | None], Pool]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+    attached: asyncio.Task[None] | None = None
+
+
+class Helpers:
+    """The sync's side of its download helpers."""
+
+    def __init__(self, helpers: list[_Helper], slots: int) -> None:
+        self._helpers = helpers
+        self.slots = slots  # transfers in flight per helper (it enforces them)
+        self._queue = 2 * slots  # jobs sent to a helper at most: it never waits for the next one
+        self._ids = 0
+        self.done = 0  # files helpers fetched (for tests and the log)
+
+    @classmethod
+    def fork(cls, count: int, policy: FetchPolicy, parallel: int) -> Helpers | None:
+        """`count` helpers, forked now: call before any event loop or thread exists (a fork copies
+        only the calling thread). None when there are to be none, or other threads exist."""
+        import threading
+
+        count = min(count, parallel - 1)  # each process keeps at least one transfer
+        if count < 1:
+            return None
+        if threading.active_count() > 1:
+            log.debug("no download helpers: other threads exist")
+            return None
+        helpers: list[_Helper] = []
+        slots = parallel // (count + 1)  # the sync keeps as many for itself (at least one)
+        gc.freeze()  # what exists now is shared with the helpers: no collection writes to its pages
+        for _ in range(count):
+            ours, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:  # the helper
+                ours.close()
+                for other in helpers:
+                    other.sock.close()
+                _helper_main(theirs, policy, slots)
+            theirs.close()
+            helpers.append(_Helper(pid, ours))
+        return cls(helpers, slots=slots)
+
+    @property
+    def transfers(self) -> int:
+        """Transfers in flight in all helpers at most: the sync's own share of
+        `max_parallel_downloads` is what is left."""
+        return self.slots * len(self._helpers)
+
+    @property
+    def queue_capacity(self) -> int:
+        """Jobs all helpers hold at most (running or waiting for a transfer slot)."""
+        return self._queue * len(self._helpers)
+
+    async def fetch(self, url: str, expected: ExpectedFile, tmp: Path, pool: Pool) -> str | None:
+        """Have a helper with room in its queue fetch `url` into `pool` (staged there): its sha256;
+        None when no helper has room or the helper died (the caller fetches it itself)."""
+        helper = next((h for h in self._helpers if h.alive and h.queued < self._queue), None)
+        if helper is None:
+            return None
+        helper.queued += 1
+        try:
+            if helper.attached is None:  # on first use, in the running loop; once
+                helper.attached = asyncio.get_running_loop().create_task(self._attach(helper))
+            await helper.attached
+            if not helper.alive or helper.outbox is None:
+                return None
+            self._ids += 1
+            job = self._ids
+            answer: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
+            helper.jobs[job] = (answer, pool)
+            helper.outbox.put((job, url, expected, str(tmp), str(pool.tmp.parent)))
+            result = await answer
+        finally:
+            helper.queued -= 1
+        if result is None:
+            return None
+        digest, name = result
+        pool.adopt_staged(digest, name)
+        self.done += 1
+        return digest
+
+    async def _attach(self, helper: _Helper) -> None:
+        reader, writer = await asyncio.open_connection(sock=helper.sock)
+        helper.outbox = _Outbox(writer)
+        helper.reader_task = asyncio.get_running_loop().create_task(self._read(helper, reader))
+
+    async def _read(self, helper: _Helper, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                for job, digest, outcome in pickle.loads(await _read_frame(reader)):
+                    answer, pool = helper.jobs.pop(job)
+                    if answer.done():  # its sync stopped waiting: still stage what was verified
+                        if digest is not None and outcome is not None:
+                            pool.adopt_staged(digest, outcome)
+                    elif isinstance(outcome, MirrorError):
+                        answer.set_exception(outcome)
+                    else:
+                        answer.set_result(None if outcome is None else (digest, outcome))
+        except (asyncio.IncompleteReadError, OSError, pickle.UnpicklingError, KeyError):
+            pass  # it exited (or broke its side of the protocol: treated the same)
+        helper.alive = False
+        if helper.outbox is not None:
+            helper.outbox.close()
+        log.warning("download helper %d exited; its files are fetched by the sync itself", helper.pid)
+        for answer, _pool in helper.jobs.values():
+            if not answer.done():
+                answer.set_result(None)
+        helper.jobs.clear()
+
+    @property
+    def pids(self) -> list[int]:
+        return [h.pid for h in self._helpers]
+
+    async def close(self) -> None:
+        """Stop the helpers (they exit when their socket closes) and reap them."""
+        log.debug("download helpers fetched %d files", self.done)
+        for helper in self._helpers:
+            helper.alive = False
+            if helper.reader_task is not None:
+                helper.reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper.reader_task
+            if helper.outbox is not None:
+                helper.outbox.close()
+        await asyncio.to_thread(self.stop)
+
+    def stop(self) -> None:
+        """Blocking: close every helper's socket (each exits when it sees that) and reap them."""
+        for helper in self._helpers:
+            helper.alive = False
+            helper.sock.close()
+        for helper in self._helpers:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(helper.pid, 0)
+
+
+class _Outbox:
+    """Messages to the other process, sent together once per turn of the event loop (one write,
+    one wake-up of the reader, however many jobs or answers a turn produced)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: list[Any] = []
+
+    def put(self, message: Any) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(message)
+
+    def _flush(self) -> None:
+        if self._pending and not self._writer.is_closing():
+            self._writer.write(_frame(self._pending))
+        self._pending = []
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEAD.pack(len(data)) + data
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = _HEAD.unpack(await reader.readexactly(_HEAD.size))
+    return await reader.readexactly(size)
+
+
+def _helper_main(sock: socket.socket, policy: FetchPolicy, slots: int) -> NoReturn:
+    code = 0
+    try:
+        asyncio.run(_serve(sock, policy, slots))
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        log.exception("download helper %d failed", os.getpid())
+        code = 1
+    finally:
+        os._exit(code)
+
+
+async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
+    reader, writer = await asyncio.open_connection(sock=sock)
+    outbox = _Outbox(writer)
+    slot = asyncio.Semaphore(slots)  # the sync sends more jobs than that: none waits for the next
+    pools: dict[str, Pool] = {}  # one per sync temp folder, as in the sync's process
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(job: int, url: str, expected: ExpectedFile, tmp: str, root: str) -> None:
+        answer: tuple[int, str | None, object]
+        try:
+            pool = pools.get(tmp)
+            if pool is None:
+                pool = pools[tmp] = Pool(Path(root))
+            digest = await fetch_into_pool(fetcher, pool, expected, url, Path(tmp), slot)
+            try:
+                answer = (job, digest, pool.unstage(digest))
+            except KeyError:  # staged by another job of this helper: let the sync fetch it
+                answer = (job, None, None)
+        except MirrorError as exc:
+            answer = (job, None, exc)
+        except Exception as exc:
+            answer = (job, None, MirrorError(f"download helper failed: {type(exc).__name__}: {exc}"))
+        outbox.put(answer)
+
+    done: Callable[[asyncio.Task[None]], None] = tasks.discard
+    async with Fetcher(policy) as fetcher:
+        try:
+            while True:
+                for job in pickle.loads(await _read_frame(reader)):
+                    task = asyncio.create_task(run(*job))
+                    tasks.add(task)
+                    task.add_done_callback(done)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the sync closed its end: it ended, or died
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,210 @@
+"""Download helper processes (mirror.downloads): package files fetched by forked copies of the
+sync, staged by the sync's own Pool; what a helper verified and what went wrong come back whole.
+
+The helpers are forked before the upstream's server thread starts (a fork copies only the calling
+thread; `Helpers.fork` refuses while other threads exist)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fixtures.apt_repo import AptRepo, DebPackage
+from fixtures.keys import SigningKey
+from fixtures.upstream import Fault, UpstreamServer
+from mirror import errors
+from mirror.config import ConfigError, load
+from mirror.downloads import Helpers
+from mirror.fetch import FetchPolicy, HTTPStatusError
+from mirror.store import Store
+from mirror.sync import SyncResult, fetch_policy, sync_repos
+from tests.helpers import Mirror, write_config
+
+PACKAGES = 24
+
+
+@dataclass
+class Setup:
+    upstream: AptRepo
+    mirror: Mirror
+    keyring: Path
+    root: Path
+
+
+@pytest.fixture
+def setup(tmp_path: Path, archive_key: SigningKey) -> Setup:
+    upstream = AptRepo(tmp_path / "upstream", archive_key)
+    upstream.add(*(DebPackage(f"pkg{i:02d}", "1.0-1", payload_size=3000 + i) for i in range(PACKAGES)))
+    upstream.publish(keep_plain_on_disk=False)
+    keyring = archive_key.write_public(tmp_path / "keys" / "archive.asc")
+    return Setup(upstream, Mirror(tmp_path / "mirror", tmp_path / "mirror" / "mirror.toml"), keyring,
+                 tmp_path)
+
+
+@pytest.fixture
+def helpers(setup: Setup) -> Iterator[Helpers]:
+    """One helper, forked now (before any server thread); reaped at the end."""
+    assert threading.active_count() == 1, "threads left by an earlier test: cannot fork helpers"
+    write_config(setup.mirror.root, "http://127.0.0.1:9/", setup.keyring)  # the policy only
+    forked = Helpers.fork(1, fetch_policy(load(setup.mirror.config)), parallel=4)
+    assert forked is not None
+    yield forked
+    forked.stop()
+
+
+def _sync(mirror: Mirror, helpers: Helpers) -> SyncResult:
+    store = Store(mirror.settings.storage.root / "state.db")
+
+    async def run() -> list[SyncResult]:
+        try:
+            return await sync_repos(mirror.settings, ["repo"], store, helpers=helpers)
+        finally:
+            await helpers.close()
+
+    try:
+        (result,) = asyncio.run(run())
+    finally:
+        store.close()
+    return result
+
+
+def test_helpers_fetch_part_of_a_sync_and_the_snapshot_is_whole(setup: Setup, helpers: Helpers) -> None:
+    with UpstreamServer(setup.upstream.root) as server:
+        server.faults["pool/*"] = Fault(delay=0.02)  # every file takes a while: both sides get some
+        mirror = write_config(setup.mirror.root, server.url, setup.keyring)
+        result = _sync(mirror, helpers)
+    assert result.ok, result.error
+    assert 0 < helpers.done < PACKAGES
+    tree = mirror.served_tree()
+    for i in range(PACKAGES):
+        name = f"pkg{i:02d}"
+        assert tree[setup.upstream.url_path_of(name)] == setup.upstream.deb_path(name).read_bytes()
+    assert mirror.temp_files() == []
+
+
+def test_a_file_a_helper_fetched_wrong_fails_the_sync_naming_it(setup: Setup, helpers: Helpers) -> None:
+    with UpstreamServer(setup.upstream.root) as server:
+        server.faults["pool/*"] = Fault(append=b"X")  # every package: one byte longer than declared
+        mirror = write_config(setup.mirror.root, server.url, setup.keyring, retries=0)
+        result = _sync(mirror, helpers)
+    assert not result.ok and result.snapshot is None
+    assert isinstance(result.error, errors.SizeMismatchError)
+    assert result.error.repo == "repo" and (result.error.path or "").endswith(".deb")
+    assert "longer than the" in str(result.error)
+    assert helpers.done == 0
+    assert mirror.snapshots() == [] and mirror.temp_files() == []
+
+
+def test_files_of_a_helper_that_died_are_fetched_by_the_sync_itself(setup: Setup, helpers: Helpers) -> None:
+    with UpstreamServer(setup.upstream.root) as server:
+        server.faults["pool/*"] = Fault(delay=0.05)
+        mirror = write_config(setup.mirror.root, server.url, setup.keyring)
+        pid = helpers.pids[0]
+        killer = threading.Timer(0.15, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        try:
+            result = _sync(mirror, helpers)
+        finally:
+            killer.cancel()
+    assert result.ok, result.error
+    assert helpers.done < PACKAGES
+    tree = mirror.served_tree()
+    for i in range(PACKAGES):
+        name = f"pkg{i:02d}"
+        assert tree[setup.upstream.url_path_of(name)] == setup.upstream.deb_path(name).read_bytes()
+
+
+def test_helpers_exit_when_the_sync_is_killed(setup: Setup) -> None:
+    with UpstreamServer(setup.upstream.root) as server:
+        server.faults["pool/*"] = Fault(delay=5)
+        mirror = write_config(setup.mirror.root, server.url, setup.keyring, retries=0)
+        text = mirror.config.read_text().replace("[sync]\n", "[sync]\ndownload_processes = 1\n")
+        mirror.config.write_text(text)
+        proc = subprocess.Popen([sys.executable, "-m", "mirror.cli", "-c", str(mirror.config), "sync",
+                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            children: list[int] = []
+            deadline = time.monotonic() + 20
+            while not children and time.monotonic() < deadline:
+                if server.count("pool/*"):
+                    children = _children(proc.pid)
+                time.sleep(0.05)
+            assert children, "the sync forked no download helper"
+        finally:
+            proc.kill()
+            proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with open(task / "children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("error", [
+    errors.ChecksumMismatchError("sha256 differs", repo="r", path="pool/a.deb"),
+    errors.SizeMismatchError("longer than declared", path="pool/b.deb"),
+    errors.NotFoundUpstreamError("HTTP 404: not found at http://example.org/x"),
+    HTTPStatusError(503, "http://example.org/y", retry_after=2.0),
+    errors.NoSpaceError("no space left on device", path="/var/x"),
+])
+def test_errors_cross_processes_whole(error: errors.MirrorError) -> None:
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    assert (str(back), back.code, back.repo, back.path, back.retryable, back.args) == \
+        (str(error), error.code, error.repo, error.path, error.retryable, error.args)
+    assert getattr(back, "retry_after", None) == getattr(error, "retry_after", None)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('"auto"', None), ("0", 0), ("2", 2), ("3", 3),
+    ("4", "between 0 and 3"), ("-1", "between 0 and 3"), ('"two"', "integer"), ("true", "integer"),
+])
+def test_download_processes_setting(tmp_path: Path, archive_key: SigningKey, value: str,
+                                    expected: int | str | None) -> None:
+    keyring = archive_key.write_public(tmp_path / "k.asc")
+    mirror = write_config(tmp_path / "m", "http://example.org/debian/", keyring)
+    mirror.config.write_text(mirror.config.read_text().replace(
+        "[sync]\n", f"[sync]\ndownload_processes = {value}\n"))
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=f"download_processes.*{expected}"):
+            load(mirror.config)
+    else:
+        assert load(mirror.config).sync.download_processes == expected
+
+
+def test_no_helpers_are_forked_while_other_threads_run() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert Helpers.fork(1, FetchPolicy(), parallel=4) is None
+    finally:
+        stop.set()
+        other.join()
+
