@@ -177,13 +177,14 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 
     for name in args.repos:
         settings.repo(name)
+    # Forked before the event loop, any thread or the database connection exist: a fork copies
+    # only the calling thread, and a database connection must not cross a fork.
+    helpers = Helpers.fork(helper_count(settings.sync.download_processes), fetch_policy(settings),
+                           settings.sync.max_parallel_downloads)
     store = _store(settings)
     names = args.repos or list(settings.repo_names)
     show = sys.stderr.isatty() and not args.no_progress
     progresses = {n: Progress(repo=n) for n in names}
-    # Forked before the event loop and any thread exist: a fork copies only the calling thread.
-    helpers = Helpers.fork(helper_count(settings.sync.download_processes), fetch_policy(settings),
-                           settings.sync.max_parallel_downloads)
 
     async def run() -> list[SyncResult]:
         try:

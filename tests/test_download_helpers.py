@@ -7,6 +7,7 @@ thread; `Helpers.fork` refuses while other threads exist)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pickle
 import signal
@@ -27,6 +28,8 @@ from mirror import errors
 from mirror.config import ConfigError, load
 from mirror.downloads import Helpers
 from mirror.fetch import FetchPolicy, HTTPStatusError
+from mirror.model import ExpectedFile
+from mirror.pool import Pool
 from mirror.store import Store
 from mirror.sync import SyncResult, fetch_policy, sync_repos
 from tests.helpers import Mirror, write_config
@@ -208,3 +211,38 @@ def test_no_helpers_are_forked_while_other_threads_run() -> None:
         stop.set()
         other.join()
 
+
+
+# -- the handover of a staged file between two Pools (helper -> sync) -----------------------------
+
+
+def _staged_in(pool: Pool, data: bytes, tmp: Path) -> str:
+    expected = ExpectedFile("pool/main/x.deb", len(data), hashlib.sha256(data).hexdigest())
+    return pool.store_received(data, len(data), expected, tmp, what=expected.path)
+
+
+def test_a_staged_file_handed_over_is_staged_by_the_receiving_pool(tmp_path: Path) -> None:
+    helper, sync = Pool(tmp_path), Pool(tmp_path)
+    tmp = sync.temp_dir("repo")
+    digest = _staged_in(helper, b"package bytes", tmp)
+    name = helper.unstage(digest)
+    assert helper.staged == 0 and Path(name).parent == tmp
+    sync.adopt_staged(digest, name)
+    assert sync.staged == 1 and sync.path_for(digest) == Path(name)
+    sync.make_durable()
+    assert (tmp_path / "pool" / "sha256" / digest[:2] / digest).read_bytes() == b"package bytes"
+    assert not Path(name).exists()
+
+
+def test_a_second_copy_handed_over_is_removed_and_the_first_kept(tmp_path: Path) -> None:
+    helper, sync = Pool(tmp_path), Pool(tmp_path)
+    tmp = sync.temp_dir("repo")
+    digest = _staged_in(sync, b"same bytes", tmp)
+    first = sync.path_for(digest)
+    copy = _staged_in(helper, b"same bytes", tmp)  # named by digest is taken: a .part name
+    name = helper.unstage(copy)
+    assert Path(name) != first
+    sync.adopt_staged(digest, name)
+    assert not Path(name).exists() and first.read_bytes() == b"same bytes"
+    sync.adopt_staged(digest, str(first))  # the very file already staged: kept
+    assert first.exists() and sync.path_for(digest) == first
