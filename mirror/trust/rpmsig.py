@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -22,9 +23,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror.errors import SignatureError, StorageError
 from mirror.trust.gpg import Keyring
+
+if TYPE_CHECKING:
+    from mirror.trust.rpmpackage import InProcessCheck
+
+log = logging.getLogger(__name__)
 
 BATCH = 200  # packages on one rpmkeys command line
 TIMEOUT = 600
@@ -52,6 +59,32 @@ class PackageVerifier:
         self.keyset = keyset_id(keyring)
         self.dbpath = database_path(keyring, root)
         self._build(root)
+        self.fast = self._fast_check()
+
+    def _fast_check(self) -> InProcessCheck | None:
+        """The in-process check (mirror.trust.rpmpackage) with the same exported keys rpmkeys has;
+        None if it cannot be set up (then rpmkeys checks everything, as before)."""
+        try:
+            from mirror.trust.rpmpackage import InProcessCheck
+
+            check = InProcessCheck((self.dbpath / "keys.asc").read_bytes(), self.keyring.pinned)
+        except Exception as exc:  # an old database without keys.asc, a key Sequoia cannot read
+            log.warning("package signatures: in-process check unavailable, rpmkeys checks all: %s", exc)
+            return None
+        return check if check.usable else None
+
+    def leave_to_rpmkeys(self, batch: Sequence[PackageCheck]) -> list[PackageCheck]:
+        """Blocking: the packages of `batch` the in-process check did not accept (all of them
+        without it); rpmkeys gives their verdict."""
+        if self.fast is None:
+            return list(batch)
+        left = []
+        for p in batch:
+            why = self.fast.check(p.file)
+            if why is not None:
+                log.debug("%s: left to rpmkeys: %s", p.label, why)
+                left.append(p)
+        return left
 
     def _env(self) -> dict[str, str]:
         return {"HOME": str(self.dbpath), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
@@ -87,9 +120,10 @@ class PackageVerifier:
 
     def check(self, packages: Sequence[PackageCheck]) -> list[str]:
         """Blocking: the problems found, one line per bad package (empty: every one verified)."""
+        left = self.leave_to_rpmkeys(packages)
         problems: list[str] = []
-        for i in range(0, len(packages), BATCH):
-            problems += self._check_batch(packages[i:i + BATCH])
+        for i in range(0, len(left), BATCH):
+            problems += self._check_batch(left[i:i + BATCH])
         return problems
 
     def _checksig(self, batch: Sequence[PackageCheck]) -> list[str]:
@@ -250,6 +284,9 @@ class SignatureChecks:
 
     async def _run(self, batch: list[PackageCheck]) -> list[str]:
         verifier = await self.verifier
+        batch = await asyncio.to_thread(verifier.leave_to_rpmkeys, batch)
+        if not batch:
+            return []
         if self._closed or not self._nice:
             return await verifier.check_batch(batch)
         job: asyncio.Task[list[str]] | None = None
