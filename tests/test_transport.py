@@ -13,6 +13,7 @@ import base64
 import contextlib
 import gzip
 import random
+import re
 import socket
 import struct
 import time
@@ -154,6 +155,20 @@ async def get_body(http: Client, url: str) -> bytes:
         response.release()
 
 
+def assert_get_fails(handler: Handler, pattern: str, *, head_only: bool = False) -> None:
+    """One GET against `handler` (its head only, or its whole body) fails with a FetchError whose
+    message matches `pattern`, where "{url}" stands for the URL asked for."""
+    async def main() -> None:
+        async with Server(handler) as server:
+            http = client()
+            url = server.url()
+            with pytest.raises(FetchError, match=pattern.replace("{url}", re.escape(url))):
+                await (http.get(url) if head_only else get_body(http, url))
+            http.close()
+
+    asyncio.run(main())
+
+
 def body_of(size: int) -> bytes:
     """`size` pseudo-random bytes (the same each run), so a reordering or a gap shows."""
     return random.Random(size).randbytes(size)
@@ -292,14 +307,7 @@ def test_truncated_chunked_body_is_an_error(wire: bytes) -> None:
         await asyncio.sleep(0.05)
         await peer.close()
 
-    async def main() -> None:
-        async with Server(handler) as server:
-            http = client()
-            with pytest.raises(FetchError, match=f"transfer from {server.url()} failed"):
-                await get_body(http, server.url())
-            http.close()
-
-    asyncio.run(main())
+    assert_get_fails(handler, "transfer from {url} failed")
 
 
 def test_connection_reset_mid_body_is_an_error() -> None:
@@ -309,14 +317,7 @@ def test_connection_reset_mid_body_is_an_error() -> None:
         await asyncio.sleep(0.05)
         peer.reset()
 
-    async def main() -> None:
-        async with Server(handler) as server:
-            http = client()
-            with pytest.raises(FetchError, match=f"transfer from {server.url()} failed"):
-                await get_body(http, server.url())
-            http.close()
-
-    asyncio.run(main())
+    assert_get_fails(handler, "transfer from {url} failed")
 
 
 def test_connection_reset_ends_a_close_delimited_body_with_an_error() -> None:
@@ -327,14 +328,7 @@ def test_connection_reset_ends_a_close_delimited_body_with_an_error() -> None:
         await asyncio.sleep(0.05)
         peer.reset()
 
-    async def main() -> None:
-        async with Server(handler) as server:
-            http = client()
-            with pytest.raises(FetchError, match=r"transfer from .* failed"):
-                await get_body(http, server.url())
-            http.close()
-
-    asyncio.run(main())
+    assert_get_fails(handler, "transfer from {url} failed")
 
 
 # -- 7-10: connections kept alive or not ------------------------------------------------------
@@ -575,14 +569,8 @@ def test_more_than_128_header_fields_is_an_error() -> None:
 
 
 def test_too_many_header_fields_error_says_why() -> None:
-    async def main() -> None:
-        async with Server(answer_each(ok(b"ok", *[f"X-{n}: {n}" for n in range(200)]))) as server:
-            http = client()
-            with pytest.raises(FetchError, match="more than 128 header fields"):
-                await http.get(server.url())
-            http.close()
-
-    asyncio.run(main())
+    assert_get_fails(answer_each(ok(b"ok", *[f"X-{n}: {n}" for n in range(200)])),
+                     "more than 128 header fields", head_only=True)
 
 
 def test_head_longer_than_64k_is_an_error_and_not_buffered() -> None:
@@ -650,14 +638,7 @@ def test_malformed_response_is_an_error(garbage: bytes) -> None:
         await peer.send(garbage)
         await asyncio.sleep(1)
 
-    async def main() -> None:
-        async with Server(handler) as server:
-            http = client()
-            with pytest.raises(FetchError, match=f"cannot fetch {server.url()}.*malformed"):
-                await http.get(server.url())
-            http.close()
-
-    asyncio.run(main())
+    assert_get_fails(handler, "cannot fetch {url}.*malformed", head_only=True)
 
 
 def test_switching_protocols_is_an_error_without_loop_errors() -> None:
