@@ -27,7 +27,7 @@ import os
 import pickle
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -81,7 +81,7 @@ class _Helper:
     queued: int = 0  # jobs sent and not yet answered
     alive: bool = True
     outbox: _Outbox | None = None
-    jobs: dict[int, tuple[asyncio.Future[tuple[str, str] | None], Pool]] = field(default_factory=dict)
+    jobs: dict[int, tuple[asyncio.Future[tuple[Any, Any] | None], Pool | None]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
     attached: asyncio.Task[None] | None = None
 
@@ -95,6 +95,7 @@ class Helpers:
         self._queue = 2 * slots  # jobs sent to a helper at most: it never waits for the next one
         self._ids = 0
         self.done = 0  # files helpers fetched (for tests and the log)
+        self.checked = 0  # packages whose signatures helpers checked
 
     @classmethod
     def fork(cls, count: int, policy: FetchPolicy, parallel: int) -> Helpers | None:
@@ -140,6 +141,34 @@ class Helpers:
         helper = next((h for h in self._helpers if h.alive and h.queued < self._queue), None)
         if helper is None:
             return None
+        result = await self._ask(helper, pool, "fetch", url, expected, str(tmp), str(pool.tmp.parent))
+        if result is None:
+            return None
+        digest, name = str(result[0]), str(result[1])
+        pool.adopt_staged(digest, name)
+        self.done += 1
+        return digest
+
+    async def check_signatures(self, files: Sequence[Path], keys: Path,
+                               pinned: Iterable[str]) -> list[int] | None:
+        """Have the least busy helper run the in-process RPM signature check
+        (mirror.trust.rpmpackage) on `files`, with the certificates in `keys`: the indexes of
+        the files it did not accept (rpmkeys decides those); None when no helper is alive (the
+        caller checks them itself). In a helper, the check does not compete with the sync's
+        event loop for the interpreter lock."""
+        alive = [h for h in self._helpers if h.alive]
+        if not alive:
+            return None
+        helper = min(alive, key=lambda h: h.queued)
+        result = await self._ask(helper, None, "check", [str(f) for f in files], str(keys),
+                                 tuple(sorted(pinned)))
+        if result is None:
+            return None
+        self.checked += len(files)
+        return [int(i) for i in result[1]]
+
+    async def _ask(self, helper: _Helper, pool: Pool | None, kind: str, *job: Any) -> tuple[Any, Any] | None:
+        """Send `helper` one job and wait for its answer; None when the helper is gone."""
         helper.queued += 1
         try:
             if helper.attached is None:  # on first use, in the running loop; once
@@ -148,19 +177,12 @@ class Helpers:
             if not helper.alive or helper.outbox is None:
                 return None
             self._ids += 1
-            job = self._ids
-            answer: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
-            helper.jobs[job] = (answer, pool)
-            helper.outbox.put((job, url, expected, str(tmp), str(pool.tmp.parent)))
-            result = await answer
+            answer: asyncio.Future[tuple[Any, Any] | None] = asyncio.get_running_loop().create_future()
+            helper.jobs[self._ids] = (answer, pool)
+            helper.outbox.put((kind, self._ids, *job))
+            return await answer
         finally:
             helper.queued -= 1
-        if result is None:
-            return None
-        digest, name = result
-        pool.adopt_staged(digest, name)
-        self.done += 1
-        return digest
 
     async def _attach(self, helper: _Helper) -> None:
         reader, writer = await asyncio.open_connection(sock=helper.sock)
@@ -173,7 +195,7 @@ class Helpers:
                 for job, digest, outcome in pickle.loads(await _read_frame(reader)):
                     answer, pool = helper.jobs.pop(job)
                     if answer.done():  # its sync stopped waiting: still stage what was verified
-                        if digest is not None and outcome is not None:
+                        if pool is not None and digest is not None and outcome is not None:
                             pool.adopt_staged(digest, outcome)
                     elif isinstance(outcome, MirrorError):
                         answer.set_exception(outcome)
@@ -268,6 +290,7 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
     slot = asyncio.Semaphore(slots)  # the sync sends more jobs than that: none waits for the next
     pools: dict[str, Pool] = {}  # one per sync temp folder, as in the sync's process
     tasks: set[asyncio.Task[None]] = set()
+    checks: dict[tuple[str, tuple[str, ...]], Any] = {}  # (keys file, pinned) -> InProcessCheck
 
     async def run(job: int, url: str, expected: ExpectedFile, tmp: str, root: str) -> None:
         answer: tuple[int, str | None, object]
@@ -286,11 +309,30 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
             answer = (job, None, MirrorError(f"download helper failed: {type(exc).__name__}: {exc}"))
         outbox.put(answer)
 
+    def check(job: int, files: list[str], keys: str, pinned: tuple[str, ...]) -> None:
+        """Runs on the loop, blocking it (a batch takes milliseconds): no thread to hand the
+        interpreter lock to and from."""
+        declined = list(range(len(files)))
+        try:
+            checker = checks.get((keys, pinned))
+            if checker is None:
+                from mirror.trust.rpmpackage import InProcessCheck
+
+                checker = checks[(keys, pinned)] = InProcessCheck(Path(keys).read_bytes(), pinned)
+            if checker.usable:
+                declined = [i for i, f in enumerate(files) if checker.check(Path(f)) is not None]
+        except Exception as exc:  # the certificates unreadable: rpmkeys checks them all
+            log.warning("download helper: in-process signature check unavailable: %s", exc)
+        outbox.put((job, None, declined))
+
     done: Callable[[asyncio.Task[None]], None] = tasks.discard
     async with Fetcher(policy) as fetcher:
         try:
             while True:
-                for job in pickle.loads(await _read_frame(reader)):
+                for kind, *job in pickle.loads(await _read_frame(reader)):
+                    if kind == "check":
+                        check(*job)
+                        continue
                     task = asyncio.create_task(run(*job))
                     tasks.add(task)
                     task.add_done_callback(done)

@@ -23,6 +23,7 @@ import pytest
 
 from fixtures.apt_repo import AptRepo, DebPackage
 from fixtures.keys import SigningKey
+from fixtures.rpm_repo import RpmPackage, RpmRepo
 from fixtures.upstream import Fault, UpstreamServer
 from mirror import errors
 from mirror.config import ConfigError, load
@@ -246,3 +247,57 @@ def test_a_second_copy_handed_over_is_removed_and_the_first_kept(tmp_path: Path)
     assert not Path(name).exists() and first.read_bytes() == b"same bytes"
     sync.adopt_staged(digest, str(first))  # the very file already staged: kept
     assert first.exists() and sync.path_for(digest) == first
+
+
+# -- RPM package signatures checked by the helpers (mirror.trust.rpmsig) --------------------------
+
+
+@pytest.fixture
+def rpm_upstream(tmp_path: Path, archive_key: SigningKey, other_key: SigningKey) -> tuple[RpmRepo, Path]:
+    upstream = RpmRepo(tmp_path / "rpm-upstream", archive_key)
+    upstream.add(*(RpmPackage(f"pkg{i}", "1.0") for i in range(6)))
+    upstream.add(RpmPackage("intruder", "1.0"), sign=other_key)  # signed, by a key not pinned
+    upstream.publish(revision="1001", timestamp=1_700_001_001)
+    return upstream, archive_key.write_public(tmp_path / "keys" / "archive.asc")
+
+
+def _rpm_helpers(root: Path, keyring: Path) -> Helpers:
+    assert threading.active_count() == 1, "threads left by an earlier test: cannot fork helpers"
+    write_config(root, "http://127.0.0.1:9/", keyring, kind="rpm")
+    forked = Helpers.fork(1, fetch_policy(load(root / "mirror.toml")), parallel=4)
+    assert forked is not None
+    return forked
+
+
+def test_helpers_check_rpm_signatures_and_rpmkeys_names_the_bad_one(
+        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
+    upstream, keyring = rpm_upstream
+    helpers = _rpm_helpers(tmp_path / "mirror", keyring)
+    try:
+        with UpstreamServer(upstream.root) as server:
+            mirror = write_config(tmp_path / "mirror", server.url, keyring, kind="rpm")
+            result = _sync(mirror, helpers)
+    finally:
+        helpers.stop()
+    assert not result.ok and isinstance(result.error, errors.SignatureError)
+    assert "intruder" in str(result.error) and "not one of this repo's keys" in str(result.error)
+    assert helpers.checked == 7  # each package once, in a helper; rpmkeys then judged the one declined
+    assert mirror.snapshots() == []
+
+
+def test_helpers_checked_signatures_make_a_snapshot_and_are_remembered(
+        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
+    upstream, keyring = rpm_upstream
+    upstream.remove("intruder")
+    upstream.publish(revision="1002", timestamp=1_700_001_002)
+    helpers = _rpm_helpers(tmp_path / "mirror", keyring)
+    try:
+        with UpstreamServer(upstream.root) as server:
+            mirror = write_config(tmp_path / "mirror", server.url, keyring, kind="rpm")
+            result = _sync(mirror, helpers)
+    finally:
+        helpers.stop()
+    assert result.ok, result.error
+    assert helpers.checked == 6
+    (proven,) = (mirror.settings.storage.root / "rpmdb").glob("*/verified-packages")
+    assert len(proven.read_text().split()) == 6

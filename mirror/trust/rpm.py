@@ -108,7 +108,7 @@ class RpmFormat:
         root = ctx.settings.storage.root / "rpmdb"
         proven = await asyncio.to_thread(_proven, database_path(ctx.keyring, root))
         verifier = asyncio.ensure_future(asyncio.to_thread(PackageVerifier, ctx.keyring, root))
-        checks = self._signatures = SignatureChecks(verifier, proven, ctx.pool.path_for)
+        checks = self._signatures = SignatureChecks(verifier, proven, ctx.pool.path_for, helpers=ctx.helpers)
         ctx.on_close.append(checks.aclose)
 
         def present(expected: ExpectedFile) -> None:

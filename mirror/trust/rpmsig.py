@@ -29,6 +29,7 @@ from mirror.errors import SignatureError, StorageError
 from mirror.trust.gpg import Keyring
 
 if TYPE_CHECKING:
+    from mirror.downloads import Helpers
     from mirror.trust.rpmpackage import InProcessCheck
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class PackageVerifier:
         self.keyset = keyset_id(keyring)
         self.dbpath = database_path(keyring, root)
         self._build(root)
+        self.keys_file = self.dbpath / "keys.asc"  # the pinned keys, exported (rpmkeys imported them)
         self.fast = self._fast_check()
 
     def _fast_check(self) -> InProcessCheck | None:
@@ -67,7 +69,7 @@ class PackageVerifier:
         try:
             from mirror.trust.rpmpackage import InProcessCheck
 
-            check = InProcessCheck((self.dbpath / "keys.asc").read_bytes(), self.keyring.pinned)
+            check = InProcessCheck(self.keys_file.read_bytes(), self.keyring.pinned)
         except Exception as exc:  # an old database without keys.asc, a key Sequoia cannot read
             log.warning("package signatures: in-process check unavailable, rpmkeys checks all: %s", exc)
             return None
@@ -190,8 +192,10 @@ class SignatureChecks:
 
     def __init__(self, verifier: asyncio.Future[PackageVerifier], proven: set[str],
                  path_for: Callable[[str], Path], *, workers: int | None = None, min_batch: int | None = None,
-                 linger: float | None = None, nice: int | None = None) -> None:
+                 linger: float | None = None, nice: int | None = None,
+                 helpers: Helpers | None = None) -> None:
         self.verifier = verifier  # may still be building its database
+        self._helpers = helpers  # the sync's download helpers run the in-process check, if any
         self.checked: list[str] = []  # digests submitted (remembered once every one verified)
         self._path_for = path_for
         self._seen = set(proven)
@@ -284,7 +288,7 @@ class SignatureChecks:
 
     async def _run(self, batch: list[PackageCheck]) -> list[str]:
         verifier = await self.verifier
-        batch = await asyncio.to_thread(verifier.leave_to_rpmkeys, batch)
+        batch = await self._leave_to_rpmkeys(verifier, batch)
         if not batch:
             return []
         if self._closed or not self._nice:
@@ -305,6 +309,19 @@ class SignatureChecks:
             return await job
         finally:
             self._niced.pop(job, None)
+
+
+    async def _leave_to_rpmkeys(self, verifier: PackageVerifier,
+                                batch: list[PackageCheck]) -> list[PackageCheck]:
+        """The packages of `batch` the in-process check did not accept: checked by a download
+        helper when there is one (no contention with this event loop for the interpreter lock),
+        else in a thread."""
+        if self._helpers is not None and verifier.fast is not None:
+            declined = await self._helpers.check_signatures([p.file for p in batch], verifier.keys_file,
+                                                            verifier.keyring.pinned)
+            if declined is not None:
+                return [batch[i] for i in declined]
+        return await asyncio.to_thread(verifier.leave_to_rpmkeys, batch)
 
 
 def _problems(batch: Sequence[PackageCheck], stdout: str, returncode: int, stderr: str) -> list[str]:
