@@ -160,7 +160,7 @@ class InProcessCheck:
         self._verify(bytes(header), signature)
 
     def _verify(self, header: bytes, signature: bytes) -> None:
-        _check_hash_prefix(header, signature)  # rpm checks it; Sequoia does not
+        ids, fingerprints = _check_hash_prefix(header, signature)  # rpm checks the prefix; Sequoia not
         sq = self._sq
         sig = sq.Sig.from_bytes(signature)
         if sig.signature_type != self._binary or sig.version != 4:
@@ -168,13 +168,12 @@ class InProcessCheck:
         certs = self._certs
         lookup: Callable[[Any], list[Any]] = lambda _ids: certs  # noqa: E731 (Sequoia's store callback)
         result = sq.verify(bytes=header, store=lookup, signature=sig)
-        issuer_id = (sig.issuer_key_id or "").lower()
-        issuer_fp = (sig.issuer_fingerprint or "").lower()
         for valid in result.valid_sigs:
             key = str(valid.signing_key).lower()
-            # rpm finds the key by the issuer key ID (hashed or not): it must name the key that verified
-            if str(valid.certificate).lower() in self._fingerprints and issuer_id \
-                    and key.endswith(issuer_id) and issuer_fp in ("", key):
+            # rpm finds the key by an Issuer key ID (hashed or not): every one the signature carries,
+            # and every Issuer Fingerprint, must name the key that verified
+            if str(valid.certificate).lower() in self._fingerprints and ids \
+                    and all(key.endswith(i) for i in ids) and all(f == key for f in fingerprints):
                 return
         raise _Declined("no valid signature by a pinned key under the key ID it names")
 
@@ -256,8 +255,9 @@ def _check_one_packet(signature: bytes) -> int:
     return head
 
 
-def _check_hash_prefix(header: bytes, signature: bytes) -> None:
-    """A v4 signature's two-byte digest prefix matches the signed data, as rpm checks it."""
+def _check_hash_prefix(header: bytes, signature: bytes) -> tuple[set[str], set[str]]:
+    """A v4 signature's two-byte digest prefix matches the signed data, as rpm checks it; the
+    key IDs and fingerprints its Issuer subpackets (hashed and unhashed) name."""
     body = signature[_check_one_packet(signature):]
     if len(body) < 6 or body[0] != 4:
         raise _Declined("not a v4 signature")
@@ -275,6 +275,38 @@ def _check_hash_prefix(header: bytes, signature: bytes) -> None:
     digest.update(b"\x04\xff" + hashed.to_bytes(4, "big"))
     if digest.digest()[:2] != body[unhashed:unhashed + 2]:
         raise _Declined("signature digest prefix does not match")
+    ids: set[str] = set()
+    fingerprints: set[str] = set()
+    for area in (body[6:hashed], body[hashed + 2:unhashed]):
+        for kind, value in _subpackets(area):
+            if kind == 16:  # Issuer
+                ids.add(value.hex())
+            elif kind == 33 and value[:1] == b"\x04":  # Issuer Fingerprint, v4 key
+                fingerprints.add(value[1:].hex())
+    return ids, fingerprints
+
+
+def _subpackets(area: bytes) -> list[tuple[int, bytes]]:
+    """(type without the critical bit, value) of each subpacket of a v4 signature's area."""
+    found = []
+    i = 0
+    while i < len(area):
+        first = area[i]
+        if first < 192:
+            length, i = first, i + 1
+        elif first < 255:
+            if i + 1 >= len(area):
+                raise _Declined("truncated subpacket")
+            length, i = ((first - 192) << 8) + area[i + 1] + 192, i + 2
+        else:
+            if i + 5 > len(area):
+                raise _Declined("truncated subpacket")
+            length, i = int.from_bytes(area[i + 1:i + 5], "big"), i + 5
+        if length < 1 or i + length > len(area):
+            raise _Declined("subpacket outside its area")
+        found.append((area[i] & 0x7F, area[i + 1:i + length]))
+        i += length
+    return found
 
 
 def _header(data: bytes, offset: int, max_entries: int, max_store: int) -> tuple[_Entries, int, int]:
