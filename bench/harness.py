@@ -3,16 +3,20 @@
 Tools on PATH (and in the sbin directories), timed subprocesses (wall and CPU of the children),
 a per-workdir lock, nginx on a free loopback port (always stopped), phase directories that are
 only ever deleted when this code made them, the raw limit (one ``curl --parallel`` process, then
-SHA-256 of every file), peak RSS of a command, and the rotation of phases across rounds.
+SHA-256 of every file), peak RSS of a command, and the rotation of phases across rounds; and
+the frame both benchmarks' main() share: their options, tools, phase rounds, figures table,
+the JSON results' header and the exit statuses (`bench_main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import platform
 import re
 import resource
 import shlex
@@ -20,10 +24,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -395,3 +401,171 @@ def measure_limit(curl: str, limit_dir: Path, url: str, packages: Sequence[tuple
 
 def fmt_all(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
+
+
+# --------------------------------------------------------------------------------------------
+# The frame of a sync benchmark: options, tools, phase rounds, figures, main()
+# --------------------------------------------------------------------------------------------
+
+
+def sync_bench_args(doc: str, argv: Sequence[str] | None, *, packages: str, workdir: Path, phases: str,
+                    mirror_cli: bool = False) -> argparse.Namespace:
+    """The command line of a sync benchmark: --packages (help: "number of `packages`"), --size,
+    --workdir (default `workdir`), --rounds (of the `phases` initial-sync measurements) and, with
+    `mirror_cli`, --mirror-cli; all counts positive. `doc`: the module docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--packages", type=int, default=2000, help=f"number of {packages} (default 2000)")
+    parser.add_argument("--size", type=int, default=100_000,
+                        help="payload bytes per package (default 100000)")
+    parser.add_argument("--workdir", type=Path, default=workdir,
+                        help=f"cache and scratch directory (default {workdir.relative_to(CHECKOUT)}/)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help=f"rounds of the {phases} initial-sync measurements, order rotated; medians "
+                             "are reported (default 3)")
+    if mirror_cli:
+        parser.add_argument("--mirror-cli", metavar="COMMAND",
+                            help="the mirror command line to benchmark, e.g. to compare a branch "
+                                 "(default: this venv's `mirror`, else `python -m mirror.cli`)")
+    args = parser.parse_args(argv)
+    if args.packages < 1 or args.size < 1 or args.rounds < 1:
+        parser.error("--packages, --size and --rounds must be positive")
+    return args
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What every sync benchmark runs; each adds its baseline's tools."""
+
+    nginx: str
+    curl: str
+    mirror: list[str]  # argv prefix of the mirror CLI
+    time: str | None  # GNU time, for peak RSS (None: os.wait4)
+
+
+def require_tools(names: Sequence[str], install: str) -> dict[str, str]:
+    """The path of each tool (`find_tool`); BenchError naming the missing ones, then `install`."""
+    found = {name: find_tool(name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise BenchError(f"missing tools: {', '.join(missing)}. {install}")
+    return {name: str(path) for name, path in found.items()}
+
+
+def mirror_command(mirror_cli: str | None = None) -> list[str]:
+    """The mirror CLI to benchmark: `mirror_cli` (--mirror-cli), else this venv's `mirror`, else
+    `python -m mirror.cli`."""
+    if mirror_cli:
+        return shlex.split(mirror_cli)
+    cli = Path(sys.executable).parent / "mirror"
+    return [str(cli)] if cli.is_file() else [sys.executable, "-m", "mirror.cli"]
+
+
+def run_rounds(dirs: PhaseDirs, rounds: int,
+               measure: Callable[[str, int], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """`rounds` rounds of `dirs.phases`, the order rotated each round (`rotation`), each phase
+    (`measure(phase, round_index)`) starting from the same state (`dirs.reset`); the results of
+    each phase, in round order. The trash is emptied after the last round."""
+    per_round: dict[str, list[dict[str, Any]]] = {p: [] for p in dirs.phases}
+    for r in range(rounds):
+        order = rotation(dirs.phases, r)
+        say(f"round {r + 1}/{rounds}: {', '.join(order)}")
+        for phase in order:
+            dirs.reset()
+            per_round[phase].append(measure(phase, r))
+    dirs.empty_trash()
+    return per_round
+
+
+def limit_results(limit: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON of the raw limit's rounds (`measure_limit` results)."""
+    return {"command": limit[0]["command"], "hash": LIMIT_HASH,
+            "total_s": [x["total_s"] for x in limit], "fetch_s": [x["fetch_s"] for x in limit],
+            "hash_s": [x["hash_s"] for x in limit], "cpu_s": [x["cpu_s"] for x in limit]}
+
+
+#: A figure of the report: name, value, unit ("" for a count), target, met (None: no target).
+Figure = tuple[str, float, str, str, bool | None]
+
+
+def figure_dicts(rows: Sequence[Figure]) -> list[dict[str, Any]]:
+    """The JSON of the figures."""
+    return [{"figure": f, "value": round(v, 4), "unit": u, "target": t, "ok": ok} for f, v, u, t, ok in rows]
+
+
+def print_figures(rows: Sequence[dict[str, Any]]) -> int:
+    """The FIGURE/VALUE/TARGET/RESULT table of `figure_dicts` rows; the width of its first column."""
+    width = max(len(f["figure"]) for f in rows)
+    say(f"{'FIGURE':<{width}}  {'VALUE':>8}  {'TARGET':<8}  RESULT")
+    for f in rows:
+        if f["unit"] == "MB":
+            value = f"{f['value']:.0f} MB"
+        elif f["unit"]:
+            value = f"{f['value']:.2f} {f['unit']}"
+        else:
+            value = f"{f['value']:.0f}"
+        result = "-" if f["ok"] is None else "pass" if f["ok"] else "FAIL"
+        say(f"{f['figure']:<{width}}  {value:>8}  {f['target']:<8}  {result}")
+    return width
+
+
+class Run:
+    """One run of a sync benchmark, for the `bench` callable of `bench_main`."""
+
+    def __init__(self, command: str, load: float, stack: contextlib.ExitStack) -> None:
+        self.command = command
+        self.load = load  # the load average at start
+        self._stack = stack
+        self.workdir: Path | None = None
+
+    def lock(self, workdir: Path, name: str) -> Path:
+        """Create `workdir` and hold its lock (`workdir_lock`) until the run ends; resolved."""
+        self.workdir = workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stack.enter_context(workdir_lock(self.workdir, name))
+        return self.workdir
+
+    def results(self, upstream: dict[str, Any], rounds: int, parallel: int) -> dict[str, Any]:
+        """The first fields of the JSON results; the date is now."""
+        return {
+            "command": self.command,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+            "load_average_at_start": self.load,
+            "upstream": upstream,
+            "rounds": rounds,
+            "parallel": parallel,
+        }
+
+
+def bench_main(name: str, bench: Callable[[Run], dict[str, Any]],
+               figures: Callable[[dict[str, Any]], list[dict[str, Any]]],
+               report: Callable[[dict[str, Any]], None]) -> int:
+    """The main() of a sync benchmark `name`: SIGTERM unwinds through the finally blocks (nginx is
+    stopped), the command line and a busy machine are noted, `bench(run)` measures (it calls
+    `run.lock` and `run.results`); then `figures` and `report` of the results, written as JSON to
+    <workdir>/<name>.json. Exit status 0 (a missed target is reported, not an exit status), 2 on
+    a BenchError, 130 on Ctrl-C."""
+    raise_on_sigterm()
+    command = shlex.join([sys.executable, *sys.argv])
+    say(f"command: {command}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
+    with contextlib.ExitStack() as stack:
+        try:
+            run = Run(command, load, stack)
+            results = bench(run)
+            assert run.workdir is not None, "bench() must call run.lock()"
+            results["load_average_at_end"] = os.getloadavg()[0]
+            results["figures"] = figures(results)
+            report(results)
+            out = run.workdir / f"{name}.json"
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            say(f"\nfigures written to {out}")
+            return 0
+        except BenchError as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130

@@ -37,12 +37,8 @@ APT benchmark's targets, no-op <= 0.5 s and peak RSS <= 150 MB, are shown for re
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import gzip
-import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -50,7 +46,6 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +54,30 @@ sys.path.insert(0, str(CHECKOUT))
 
 from bench import harness  # noqa: E402 (needs the checkout on sys.path)
 from bench.harness import (  # noqa: E402
-    LIMIT_HASH,
     MB,
     BenchError,
+    Figure,
     PhaseDirs,
+    Run,
+    bench_main,
     cached_upstream,
-    find_tool,
+    figure_dicts,
     fmt_all,
     gnu_time,
     kill_agent,
+    limit_results,
     measure_limit,
+    mirror_command,
     nginx_requests,
     nginx_serving,
-    raise_on_sigterm,
-    rotation,
+    print_figures,
+    require_tools,
     run,
+    run_rounds,
     run_with_rss,
     say,
+    sync_bench_args,
     timed,
-    workdir_lock,
 )
 
 NAME = "rpm_sync_bench"
@@ -106,31 +106,21 @@ NS = {"repo": "http://linux.duke.edu/metadata/repo", "common": "http://linux.duk
 
 
 @dataclass(frozen=True)
-class Tools:
-    nginx: str
-    curl: str
+class Tools(harness.Tools):
     dnf: str
     rpmkeys: str
-    mirror: list[str]  # argv prefix of the mirror CLI
-    time: str | None  # GNU time, for peak RSS (None: os.wait4)
 
 
 REPOSYNC_PLUGIN = Path("/usr/lib/python3/dist-packages/dnf-plugins/reposync.py")
 
 
 def find_tools() -> Tools:
-    names = ("nginx", "curl", "dnf", "rpmkeys", "rpmbuild", "rpmsign", "gpg")
-    found = {name: find_tool(name) for name in names}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        raise BenchError(f"missing tools: {', '.join(missing)}. apt-get install -y nginx curl dnf rpm gpg "
-                         f"dnf-plugins-core")
+    found = require_tools(("nginx", "curl", "dnf", "rpmkeys", "rpmbuild", "rpmsign", "gpg"),
+                          "apt-get install -y nginx curl dnf rpm gpg dnf-plugins-core")
     if not REPOSYNC_PLUGIN.is_file():
         raise BenchError(f"dnf reposync is missing ({REPOSYNC_PLUGIN}): apt-get install -y dnf-plugins-core")
-    cli = Path(sys.executable).parent / "mirror"
-    mirror = [str(cli)] if cli.is_file() else [sys.executable, "-m", "mirror.cli"]
-    return Tools(nginx=str(found["nginx"]), curl=str(found["curl"]), dnf=str(found["dnf"]),
-                 rpmkeys=str(found["rpmkeys"]), mirror=mirror, time=gnu_time())
+    return Tools(nginx=found["nginx"], curl=found["curl"], mirror=mirror_command(), time=gnu_time(),
+                 dnf=found["dnf"], rpmkeys=found["rpmkeys"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,37 +313,31 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
     """`rounds` rounds of the four phases, the order rotated each round; the mirror no-op
     resyncs run once, after the last round's `require` sync."""
     dirs = PhaseDirs(workdir, PHASES, marker=MARKER, writer=WRITER)
-    per_round: dict[str, list[dict[str, Any]]] = {p: [] for p in PHASES}
-    for r in range(rounds):
-        order = rotation(PHASES, r)
-        say(f"round {r + 1}/{rounds}: {', '.join(order)}")
-        for phase in order:
-            dirs.reset()
-            if phase == "limit":
-                with Requests(url) as requests:
-                    res = measure_limit(tools.curl, dirs.make(dirs.path("limit")), url,
-                                        [(href, sha) for href, _size, sha in up.packages], PARALLEL)
-                res["requests"] = requests.count
-                say(f"  limit           {res['total_s']:6.2f} s  (curl {res['fetch_s']:.2f} + sha256 "
-                    f"{res['hash_s']:.2f}; CPU {res['cpu_s']:.2f} s)")
-            elif phase == "reposync":
-                res = measure_reposync(tools, dirs, url, up)
-                say(f"  reposync        {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; "
-                    f"no-op --gpgcheck {res['noop_s']:.2f} s, CPU {res['noop_cpu_s']:.2f} s)")
-            else:
-                noop_runs = NOOP_RUNS if r == rounds - 1 and phase == "mirror-require" else 0
-                res = measure_mirror(tools, dirs, phase, url, up, noop_runs=noop_runs)
-                noop = f", no-op {fmt_all(res['noop_s'])} s" if res["noop_s"] else ""
-                say(f"  {phase:<15} {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
-                    f"{res['peak_rss_mb']:.0f} MB{noop})")
-            per_round[phase].append(res)
-    dirs.empty_trash()
+
+    def measure_phase(phase: str, r: int) -> dict[str, Any]:
+        if phase == "limit":
+            with Requests(url) as requests:
+                res = measure_limit(tools.curl, dirs.make(dirs.path("limit")), url,
+                                    [(href, sha) for href, _size, sha in up.packages], PARALLEL)
+            res["requests"] = requests.count
+            say(f"  limit           {res['total_s']:6.2f} s  (curl {res['fetch_s']:.2f} + sha256 "
+                f"{res['hash_s']:.2f}; CPU {res['cpu_s']:.2f} s)")
+        elif phase == "reposync":
+            res = measure_reposync(tools, dirs, url, up)
+            say(f"  reposync        {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; "
+                f"no-op --gpgcheck {res['noop_s']:.2f} s, CPU {res['noop_cpu_s']:.2f} s)")
+        else:
+            noop_runs = NOOP_RUNS if r == rounds - 1 and phase == "mirror-require" else 0
+            res = measure_mirror(tools, dirs, phase, url, up, noop_runs=noop_runs)
+            noop = f", no-op {fmt_all(res['noop_s'])} s" if res["noop_s"] else ""
+            say(f"  {phase:<15} {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
+                f"{res['peak_rss_mb']:.0f} MB{noop})")
+        return res
+
+    per_round = run_rounds(dirs, rounds, measure_phase)
     limit, reposync = per_round["limit"], per_round["reposync"]
     out: dict[str, Any] = {
-        "limit": {"command": limit[0]["command"], "hash": LIMIT_HASH,
-                  "total_s": [x["total_s"] for x in limit], "fetch_s": [x["fetch_s"] for x in limit],
-                  "hash_s": [x["hash_s"] for x in limit], "cpu_s": [x["cpu_s"] for x in limit],
-                  "requests": limit[0]["requests"]},
+        "limit": {**limit_results(limit), "requests": limit[0]["requests"]},
         "reposync": {"command": reposync[0]["command"],
                      "signatures": "--gpgcheck: every package checked by dnf against the installroot's "
                                    "rpmdb (the throwaway key only); repomd.xml.asc by repo_gpgcheck=1",
@@ -387,7 +371,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     req_s, ign_s, rs_s = med(req["sync_s"]), med(ign["sync_s"]), med(rs["sync_s"])
     noops = req["noop_s"]
     rss = max(req["peak_rss_mb"] + ign["peak_rss_mb"])
-    rows: list[tuple[str, float, str, str, bool | None]] = [
+    rows: list[Figure] = [
         ('limit_time / mirror_time, signatures "require"', limit_s / req_s, "x", f">= {TARGET_LIMIT_RATIO}",
          limit_s / req_s >= TARGET_LIMIT_RATIO),
         ('limit_time / mirror_time, signatures "ignore"', limit_s / ign_s, "x", f">= {TARGET_LIMIT_RATIO}",
@@ -401,7 +385,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("reposync no-op --gpgcheck, median", med(rs["noop_s"]), "s", "report", None),
         ("peak RSS of the initial syncs (max)", rss, "MB", "report", None),
     ]
-    return [{"figure": f, "value": round(v, 4), "unit": u, "target": t, "ok": ok} for f, v, u, t, ok in rows]
+    return figure_dicts(rows)
 
 
 def report(results: dict[str, Any]) -> None:
@@ -428,18 +412,7 @@ def report(results: dict[str, Any]) -> None:
         f"requests); dnf reposync --gpgcheck {fmt_all(rs['noop_s'])} s (CPU {fmt_all(rs['noop_cpu_s'])} s; "
         f"{rs['noop_requests']} requests)")
     say("")
-    rows = results["figures"]
-    width = max(len(f["figure"]) for f in rows)
-    say(f"{'FIGURE':<{width}}  {'VALUE':>8}  {'TARGET':<8}  RESULT")
-    for f in rows:
-        if f["unit"] == "MB":
-            value = f"{f['value']:.0f} MB"
-        elif f["unit"]:
-            value = f"{f['value']:.2f} {f['unit']}"
-        else:
-            value = f"{f['value']:.0f}"
-        result = "-" if f["ok"] is None else "pass" if f["ok"] else "FAIL"
-        say(f"{f['figure']:<{width}}  {value:>8}  {f['target']:<8}  {result}")
+    print_figures(results["figures"])
     say(f"  (for reference, the APT benchmark's targets: no-op resync <= {APT_TARGET_NOOP_S} s, "
         f"peak RSS <= {APT_TARGET_RSS_MB:.0f} MB)")
     say("")
@@ -453,62 +426,23 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packages", type=int, default=2000, help="number of RPMs (default 2000)")
-    parser.add_argument("--size", type=int, default=100_000,
-                        help="payload bytes per package (default 100000)")
-    parser.add_argument("--workdir", type=Path, default=CHECKOUT / "bench" / "out" / "rpm",
-                        help="cache and scratch directory (default bench/out/rpm/)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the four initial-sync measurements, order rotated; medians "
-                             "are reported (default 3)")
-    args = parser.parse_args(argv)
-    if args.packages < 1 or args.size < 1 or args.rounds < 1:
-        parser.error("--packages, --size and --rounds must be positive")
+    args = sync_bench_args(__doc__, argv, packages="RPMs", workdir=CHECKOUT / "bench" / "out" / "rpm",
+                           phases="four")
 
-    raise_on_sigterm()
-    command = shlex.join([sys.executable, *sys.argv])
-    say(f"command: {command}")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
-    workdir: Path = args.workdir.resolve()
-    stack = contextlib.ExitStack()
-    try:
+    def bench(run: Run) -> dict[str, Any]:
         tools = find_tools()
-        workdir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(workdir_lock(workdir, NAME))
+        workdir = run.lock(args.workdir, NAME)
         up = build_upstream(workdir, args.packages, args.size)
         warm_up(up)
         harness.byte_compile(CHECKOUT / "mirror")
-        results: dict[str, Any] = {
-            "command": command,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "load_average_at_start": load,
-            "upstream": {"packages": len(up.packages), "bytes": up.total_bytes, "records": up.records,
-                         "path": str(up.root)},
-            "rounds": args.rounds,
-            "parallel": PARALLEL,
-        }
+        results = run.results({"packages": len(up.packages), "bytes": up.total_bytes, "records": up.records,
+                               "path": str(up.root)}, args.rounds, PARALLEL)
         with nginx_serving(tools.nginx, workdir, up.root, writer=WRITER, status=True) as url:
             results["nginx"] = {"url": url, "workers": 2}
             results.update(measure(tools, workdir, url, up, args.rounds))
-        results["load_average_at_end"] = os.getloadavg()[0]
-        results["figures"] = figures(results)
-        report(results)
-        out = workdir / f"{NAME}.json"
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        say(f"\nfigures written to {out}")
-        return 0  # a measurement, not a test: missed targets are reported, not an exit status
-    except BenchError as exc:
-        print(f"{NAME}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        stack.close()
+        return results
+
+    return bench_main(NAME, bench, figures, report)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,15 @@ Targets: limit/mirror >= 0.8; mirror/aptly < 1.0; no-op resync <= 0.5 s; peak RS
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import lzma
 import os
-import platform
 import re
 import shlex
 import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +53,26 @@ from bench import harness  # noqa: E402 (needs the checkout on sys.path)
 from bench.harness import (  # noqa: E402
     MB,
     BenchError,
+    Figure,
     PhaseDirs,
+    Run,
+    bench_main,
     cached_upstream,
-    find_tool,
+    figure_dicts,
     fmt_all,
     gnu_time,
     kill_agent,
+    limit_results,
+    mirror_command,
     nginx_serving,
-    raise_on_sigterm,
-    rotation,
+    print_figures,
+    require_tools,
     run,
+    run_rounds,
     run_with_rss,
     say,
+    sync_bench_args,
     timed,
-    workdir_lock,
 )
 
 #: Bump when the generated upstream changes shape, to rebuild cached ones.
@@ -92,27 +94,16 @@ TARGET_RSS_MB = 150.0  # peak RSS of the initial sync <= this
 
 
 @dataclass(frozen=True)
-class Tools:
-    nginx: str
+class Tools(harness.Tools):
     aptly: str
-    curl: str
-    mirror: list[str]  # argv prefix of the mirror CLI
-    time: str | None  # GNU time, for peak RSS (None: os.wait4)
 
 
 def find_tools(mirror_cli: str | None = None) -> Tools:
-    found = {name: find_tool(name) for name in ("nginx", "aptly", "curl", "gpg", "gpgv", "dpkg-deb")}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        raise BenchError(
-            f"missing tools: {', '.join(missing)}. `make bench` installs them (nginx, aptly; the rest "
-            f"with `make install`), or: apt-get install -y nginx aptly curl gpg gpgv dpkg-dev")
-    cli = Path(sys.executable).parent / "mirror"
-    mirror = [str(cli)] if cli.is_file() else [sys.executable, "-m", "mirror.cli"]
-    if mirror_cli:
-        mirror = shlex.split(mirror_cli)
-    return Tools(nginx=str(found["nginx"]), aptly=str(found["aptly"]), curl=str(found["curl"]),
-                 mirror=mirror, time=gnu_time())
+    found = require_tools(("nginx", "aptly", "curl", "gpg", "gpgv", "dpkg-deb"),
+                          "`make bench` installs them (nginx, aptly; the rest with `make install`), "
+                          "or: apt-get install -y nginx aptly curl gpg gpgv dpkg-dev")
+    return Tools(nginx=found["nginx"], curl=found["curl"], mirror=mirror_command(mirror_cli),
+                 time=gnu_time(), aptly=found["aptly"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,34 +274,28 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
     second and third equally often when rounds is a multiple of 3); the no-op resyncs run once,
     after the last round's mirror sync."""
     dirs = PhaseDirs(workdir, PHASES, marker=MARKER, writer="bench/sync_bench.py")
-    per_round: dict[str, list[dict[str, Any]]] = {p: [] for p in PHASES}
-    for r in range(rounds):
-        order = rotation(PHASES, r)
-        say(f"round {r + 1}/{rounds}: {', '.join(order)}")
-        for phase in order:
-            dirs.reset()
-            if phase == "limit":
-                res = measure_limit(tools, dirs, url, up)
-                say(f"  limit   {res['total_s']:6.2f} s  (curl {res['fetch_s']:.2f} + sha256 "
-                    f"{res['hash_s']:.2f}; CPU {res['cpu_s']:.2f} s)")
-            elif phase == "aptly":
-                res = measure_aptly(tools, dirs, url, up)
-                say(f"  aptly   {res['update_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; "
-                    f"no-op update {res['noop_s']:.2f} s)")
-            else:
-                res = measure_mirror(tools, dirs, url, up, noop_runs=NOOP_RUNS if r == rounds - 1 else 0)
-                noop = f", no-op {', '.join(f'{t:.2f}' for t in res['noop_s'])} s" if res["noop_s"] else ""
-                say(f"  mirror  {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
-                    f"{res['peak_rss_mb']:.0f} MB{noop})")
-            per_round[phase].append(res)
-    dirs.empty_trash()
+
+    def measure_phase(phase: str, r: int) -> dict[str, Any]:
+        if phase == "limit":
+            res = measure_limit(tools, dirs, url, up)
+            say(f"  limit   {res['total_s']:6.2f} s  (curl {res['fetch_s']:.2f} + sha256 "
+                f"{res['hash_s']:.2f}; CPU {res['cpu_s']:.2f} s)")
+        elif phase == "aptly":
+            res = measure_aptly(tools, dirs, url, up)
+            say(f"  aptly   {res['update_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; "
+                f"no-op update {res['noop_s']:.2f} s)")
+        else:
+            res = measure_mirror(tools, dirs, url, up, noop_runs=NOOP_RUNS if r == rounds - 1 else 0)
+            noop = f", no-op {fmt_all(res['noop_s'])} s" if res["noop_s"] else ""
+            say(f"  mirror  {res['sync_s']:6.2f} s  (CPU {res['cpu_s']:.2f} s; peak RSS "
+                f"{res['peak_rss_mb']:.0f} MB{noop})")
+        return res
+
+    per_round = run_rounds(dirs, rounds, measure_phase)
     limit, aptly, mirror = per_round["limit"], per_round["aptly"], per_round["mirror"]
     noops = [t for m in mirror for t in m["noop_s"]]
     return {
-        "limit": {"command": limit[0]["command"],
-                  "hash": harness.LIMIT_HASH,
-                  "total_s": [x["total_s"] for x in limit], "fetch_s": [x["fetch_s"] for x in limit],
-                  "hash_s": [x["hash_s"] for x in limit], "cpu_s": [x["cpu_s"] for x in limit]},
+        "limit": limit_results(limit),
         "aptly": {"create_command": aptly[0]["create_command"], "command": aptly[0]["command"],
                   "signature": "verified: gpgv against a keyring file with only the throwaway key (-keyring)",
                   "download_concurrency": PARALLEL,
@@ -334,7 +319,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     mirror_s = med(results["mirror"]["sync_s"])
     noops = results["mirror"]["noop_s"]
     rss = max(results["mirror"]["peak_rss_mb"])
-    rows: list[tuple[str, float, str, str, bool]] = [
+    rows: list[Figure] = [
         ("initial sync: limit_time / mirror_time", limit_s / mirror_s, "x", f">= {TARGET_LIMIT_RATIO}",
          limit_s / mirror_s >= TARGET_LIMIT_RATIO),
         ("initial sync: mirror_time / aptly_time", mirror_s / aptly_s, "x", f"< {TARGET_APTLY_RATIO}",
@@ -345,7 +330,7 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
          max(noops) <= TARGET_NOOP_S),
         ("peak RSS of the initial sync (max)", rss, "MB", f"<= {TARGET_RSS_MB:.0f}", rss <= TARGET_RSS_MB),
     ]
-    return [{"figure": f, "value": round(v, 4), "unit": u, "target": t, "ok": ok} for f, v, u, t, ok in rows]
+    return figure_dicts(rows)
 
 
 def report(results: dict[str, Any]) -> None:
@@ -368,12 +353,7 @@ def report(results: dict[str, Any]) -> None:
     say(f"  no-op:     mirror {fmt_all(mirror['noop_s'])} s; "
         f"aptly mirror update {fmt_all(aptly['noop_s'])} s")
     say("")
-    rows = results["figures"]
-    width = max(len(f["figure"]) for f in rows)
-    say(f"{'FIGURE':<{width}}  {'VALUE':>8}  {'TARGET':<8}  RESULT")
-    for f in rows:
-        value = f"{f['value']:.0f} MB" if f["unit"] == "MB" else f"{f['value']:.2f} {f['unit']}"
-        say(f"{f['figure']:<{width}}  {value:>8}  {f['target']:<8}  {'pass' if f['ok'] else 'FAIL'}")
+    width = print_figures(results["figures"])
     say(f"{'  (aptly no-op update, median)':<{width}}  {med(aptly['noop_s']):>6.2f} s  reference")
     say("")
     say("commands:")
@@ -384,64 +364,23 @@ def report(results: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packages", type=int, default=2000, help="number of packages (default 2000)")
-    parser.add_argument("--size", type=int, default=100_000,
-                        help="payload bytes per package (default 100000)")
-    parser.add_argument("--workdir", type=Path, default=CHECKOUT / "bench" / "out",
-                        help="cache and scratch directory (default bench/out/)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the three initial-sync measurements, order rotated; medians "
-                             "are reported (default 3)")
-    parser.add_argument("--mirror-cli", metavar="COMMAND",
-                        help="the mirror command line to benchmark, e.g. to compare a branch "
-                             "(default: this venv's `mirror`, else `python -m mirror.cli`)")
-    args = parser.parse_args(argv)
-    if args.packages < 1 or args.size < 1 or args.rounds < 1:
-        parser.error("--packages, --size and --rounds must be positive")
+    args = sync_bench_args(__doc__, argv, packages="packages", workdir=CHECKOUT / "bench" / "out",
+                           phases="three", mirror_cli=True)
 
-    raise_on_sigterm()  # SIGTERM unwinds through the finally blocks: nginx is stopped
-    command = shlex.join([sys.executable, *sys.argv])
-    say(f"command: {command}")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
-    workdir: Path = args.workdir.resolve()
-    stack = contextlib.ExitStack()
-    try:
+    def bench(run: Run) -> dict[str, Any]:
         tools = find_tools(args.mirror_cli)
-        workdir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(workdir_lock(workdir, "sync_bench"))
+        workdir = run.lock(args.workdir, "sync_bench")
         up = build_upstream(workdir, args.packages, args.size)
         warm_up(up)
         harness.byte_compile(CHECKOUT / "mirror")
-        results: dict[str, Any] = {
-            "command": command,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "load_average_at_start": load,
-            "upstream": {"packages": len(up.packages), "bytes": up.total_bytes, "path": str(up.root)},
-            "rounds": args.rounds,
-            "parallel": PARALLEL,
-        }
+        results = run.results({"packages": len(up.packages), "bytes": up.total_bytes, "path": str(up.root)},
+                              args.rounds, PARALLEL)
         with nginx_serving(tools.nginx, workdir, up.root) as url:
             results["nginx"] = {"url": url, "workers": 2}
             results.update(measure(tools, workdir, url, up, args.rounds))
-        results["load_average_at_end"] = os.getloadavg()[0]
-        results["figures"] = figures(results)
-        report(results)
-        out = workdir / "sync_bench.json"
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        say(f"\nfigures written to {out}")
-        return 0  # a measurement, not a test: missed targets are reported, not an exit status
-    except BenchError as exc:
-        print(f"sync_bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sync_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        stack.close()
+        return results
+
+    return bench_main("sync_bench", bench, figures, report)
 
 
 if __name__ == "__main__":
