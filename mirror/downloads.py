@@ -25,8 +25,10 @@ import gc
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from mirror.pool import INLINE_MAX, Pool
 log = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("!I")
+STOP_GRACE = 10.0  # seconds a helper has to exit once its sync is done
 
 
 async def fetch_into_pool(fetcher: Fetcher, pool: Pool, expected: ExpectedFile, url: str, tmp: Path,
@@ -230,13 +233,21 @@ class Helpers:
         await asyncio.to_thread(self.stop)
 
     def stop(self) -> None:
-        """Blocking: close every helper's socket (each exits when it sees that) and reap them."""
+        """Blocking: close every helper's socket (each exits when it sees that) and reap them; one
+        still there after STOP_GRACE seconds (stuck in a system call) is killed."""
         for helper in self._helpers:
             helper.alive = False
             helper.sock.close()
+        deadline = time.monotonic() + STOP_GRACE
         for helper in self._helpers:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(helper.pid, 0)
+                while os.waitpid(helper.pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() > deadline:
+                        log.warning("download helper %d did not exit: killed", helper.pid)
+                        os.kill(helper.pid, signal.SIGKILL)
+                        os.waitpid(helper.pid, 0)
+                        break
+                    time.sleep(0.01)
 
 
 class _Outbox:

@@ -301,3 +301,17 @@ def test_helpers_checked_signatures_make_a_snapshot_and_are_remembered(
     assert helpers.checked == 6
     (proven,) = (mirror.settings.storage.root / "rpmdb").glob("*/verified-packages")
     assert len(proven.read_text().split()) == 6
+
+
+def test_a_helper_that_does_not_exit_is_killed_after_the_grace(
+        setup: Setup, helpers: Helpers, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mirror.downloads
+
+    monkeypatch.setattr(mirror.downloads, "STOP_GRACE", 0.3)
+    (pid,) = helpers.pids
+    os.kill(pid, signal.SIGSTOP)  # cannot see its socket close, nor exit
+    started = time.monotonic()
+    helpers.stop()
+    assert time.monotonic() - started < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
