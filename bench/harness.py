@@ -537,6 +537,17 @@ class Run:
         }
 
 
+def announce() -> tuple[str, float]:
+    """Say the benchmark's command line, and that figures will be noisy on a busy machine: (the
+    command line, the load average now)."""
+    command = shlex.join([sys.executable, *sys.argv])
+    say(f"command: {command}")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
+    return command, load
+
+
 def bench_main(name: str, bench: Callable[[Run], dict[str, Any]],
                figures: Callable[[dict[str, Any]], list[dict[str, Any]]],
                report: Callable[[dict[str, Any]], None]) -> int:
@@ -546,11 +557,7 @@ def bench_main(name: str, bench: Callable[[Run], dict[str, Any]],
     <workdir>/<name>.json. Exit status 0 (a missed target is reported, not an exit status), 2 on
     a BenchError, 130 on Ctrl-C."""
     raise_on_sigterm()
-    command = shlex.join([sys.executable, *sys.argv])
-    say(f"command: {command}")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
+    command, load = announce()
     with contextlib.ExitStack() as stack:
         try:
             run = Run(command, load, stack)

@@ -57,6 +57,7 @@ sys.path.insert(0, str(CHECKOUT))
 
 from bench.harness import (  # noqa: E402 (needs the checkout on sys.path)
     BenchError,
+    announce,
     find_tool,
     free_port,
     kill_agent,
@@ -399,11 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seconds, --rounds, --threads and the connection counts must be positive")
 
     raise_on_sigterm()
-    command = shlex.join([sys.executable, *sys.argv])
-    say(f"command: {command}")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        say(f"note: load average {load:.2f}: something else is using the CPUs; figures will be noisy")
+    command, load = announce()
     tools = {name: find_tool(name) for name in ("wrk", "nginx", "sha256sum")}
     missing = [name for name, path in tools.items() if path is None]
     if missing:

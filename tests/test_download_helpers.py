@@ -269,16 +269,20 @@ def _rpm_helpers(root: Path, keyring: Path) -> Helpers:
     return forked
 
 
-def test_helpers_check_rpm_signatures_and_rpmkeys_names_the_bad_one(
-        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
-    upstream, keyring = rpm_upstream
-    helpers = _rpm_helpers(tmp_path / "mirror", keyring)
+def _rpm_sync_with_helpers(root: Path, upstream: RpmRepo,
+                           keyring: Path) -> tuple[SyncResult, Helpers, Mirror]:
+    helpers = _rpm_helpers(root, keyring)
     try:
         with UpstreamServer(upstream.root) as server:
-            mirror = write_config(tmp_path / "mirror", server.url, keyring, kind="rpm")
-            result = _sync(mirror, helpers)
+            mirror = write_config(root, server.url, keyring, kind="rpm")
+            return _sync(mirror, helpers), helpers, mirror
     finally:
         helpers.stop()
+
+
+def test_helpers_check_rpm_signatures_and_rpmkeys_names_the_bad_one(
+        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
+    result, helpers, mirror = _rpm_sync_with_helpers(tmp_path / "mirror", *rpm_upstream)
     assert not result.ok and isinstance(result.error, errors.SignatureError)
     assert "intruder" in str(result.error) and "not one of this repo's keys" in str(result.error)
     assert helpers.checked == 7  # each package once, in a helper; rpmkeys then judged the one declined
@@ -290,13 +294,7 @@ def test_helpers_checked_signatures_make_a_snapshot_and_are_remembered(
     upstream, keyring = rpm_upstream
     upstream.remove("intruder")
     upstream.publish(revision="1002", timestamp=1_700_001_002)
-    helpers = _rpm_helpers(tmp_path / "mirror", keyring)
-    try:
-        with UpstreamServer(upstream.root) as server:
-            mirror = write_config(tmp_path / "mirror", server.url, keyring, kind="rpm")
-            result = _sync(mirror, helpers)
-    finally:
-        helpers.stop()
+    result, helpers, mirror = _rpm_sync_with_helpers(tmp_path / "mirror", upstream, keyring)
     assert result.ok, result.error
     assert helpers.checked == 6
     (proven,) = (mirror.settings.storage.root / "rpmdb").glob("*/verified-packages")
