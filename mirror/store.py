@@ -509,8 +509,14 @@ class Store:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def commit_snapshot(self, new: NewSnapshot, first_tier: str, *, now: datetime | None = None) -> str:
-        """Record blobs, snapshot, manifest and roots, and point `first_tier` at it: one transaction."""
+    def commit_snapshot(self, new: NewSnapshot, first_tier: str, *, now: datetime | None = None,
+                        before_commit: Callable[[], object] | None = None) -> str:
+        """Record blobs, snapshot, manifest and roots, and point `first_tier` at it: one transaction.
+
+        `before_commit` is called inside the transaction, after every statement, right before
+        COMMIT; if it raises, nothing is recorded. A sync passes the wait for its pool flush
+        (mirror.sync.commit): the rows are written while the pool flushes, the commit follows it.
+        The database's write lock, and this Store's, are held meanwhile."""
         now = now or utcnow()
         entries = list(new.entries)
         packages = sum(1 for e in entries if e.kind is EntryKind.PACKAGE)
@@ -538,6 +544,8 @@ class Store:
                 self.record_advisories(new.repo, snap_id, new.advisories)
             self._move_tier(new.repo, first_tier, snap_id, actor="sync", reason="new snapshot",
                             action="sync", now=now)
+            if before_commit is not None:
+                before_commit()
         return snap_id
 
     def _free_snapshot_id(self, repo: str, now: datetime) -> str:

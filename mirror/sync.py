@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -374,11 +375,23 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
             _add(entries, ManifestEntry(path, e.sha256, e.size, e.kind, w.package), repo.name)
 
     ctx.progress.update(phase="committing")
-    await asyncio.to_thread(ctx.pool.make_durable)
     new = NewSnapshot(repo=repo.name, signed_by="mirror" if repo.filtered else "upstream", plan_key=key,
                       roots=[r.record for r in roots], entries=sorted(entries.values(), key=lambda e: e.path),
                       sync_run=run_id, advisories=ctx.advisories)
-    return await asyncio.to_thread(store.commit_snapshot, new, ctx.settings.tiers[0])
+    return await asyncio.to_thread(commit, ctx.pool, store, new, ctx.settings.tiers[0])
+
+
+def commit(pool: Pool, store: Store, new: NewSnapshot, first_tier: str) -> str:
+    """Blocking: make the staged files durable in the pool and record the snapshot; its id.
+
+    The two overlap: the database rows are written while the pool flushes (the flush mostly waits
+    for the disk), and the transaction commits only once `Pool.make_durable` has returned, so the
+    database never records a blob whose name and bytes are not on disk (HOSTILE 57). If either
+    fails, nothing is recorded; files already named in the pool stay, unrecorded (as after a
+    failed sync: `Pool.adopt` re-hashes them before use)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="mirror-durable") as flusher:
+        durable = flusher.submit(pool.make_durable)
+        return store.commit_snapshot(new, first_tier, before_commit=durable.result)
 
 
 def _add(entries: dict[str, ManifestEntry], entry: ManifestEntry, repo: str) -> None:

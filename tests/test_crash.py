@@ -471,12 +471,13 @@ def test_sigkill_inside_the_database_commit_leaves_before_or_after(world: World)
     trace = w.tmp / "strace.txt"
     done = _traced(argv, trace="pwrite64,fdatasync,syncfs", out=str(trace))
     assert done.returncode == 0, done.stderr
-    # strace counts `when=N` per thread: the database calls all run on the one worker thread, the
-    # one that also called syncfs (make_durable); count that thread's calls after its syncfs
+    # strace counts `when=N` per thread: the commit's database calls all run on one worker thread,
+    # the first to write the database once the pool's syncfs began (the flush, make_durable, runs on
+    # a thread of its own meanwhile: mirror.sync.commit); count that thread's calls from there on
     calls = [(line.split()[0], line.split(None, 1)[1].split("(", 1)[0])
              for line in trace.read_text().splitlines() if "(" in line and "+++" not in line]
-    worker = next(tid for tid, call in calls if call == "syncfs")
-    at = calls.index((worker, "syncfs"))
+    at = next(i for i, (_, call) in enumerate(calls) if call == "syncfs")
+    worker = next(tid for tid, call in calls[at:] if call == "pwrite64")
     kills: list[tuple[str, int]] = []
     for call, how_many in (("pwrite64", 2), ("fdatasync", 1)):
         done_before = sum(1 for tid, c in calls[:at] if tid == worker and c == call)

@@ -579,10 +579,13 @@ def cut_replace(src, dst, *a, **k):
     renamed.append(dst)
 os.replace = cut_replace
 commit = Store.commit_snapshot
-def commit_snapshot(self, *args, **kw):  # visible in the trace as access() calls
-    os.access("/nonexistent-case57/commit-begin", os.F_OK)
+def commit_snapshot(self, *args, before_commit=None, **kw):  # visible in the trace as access() calls
+    def ready():  # the rows are written; the database COMMIT follows
+        if before_commit is not None:
+            before_commit()
+        os.access("/nonexistent-case57/commit-begin", os.F_OK)
     try:
-        return commit(self, *args, **kw)
+        return commit(self, *args, before_commit=ready, **kw)
     finally:
         os.access("/nonexistent-case57/commit-end", os.F_OK)
 Store.commit_snapshot = commit_snapshot
@@ -694,10 +697,11 @@ def test_case57_every_pool_rename_is_flushed_before_the_commit_that_records_it(
         power_world: PowerWorld, tmp_path: Path) -> None:
     """The order the mirror promises (mirror.pool): blobs wait in a temp folder, one syncfs of
     the pool's filesystem makes their bytes durable, only then are they renamed into the pool,
-    a second syncfs makes the names durable, then the database transaction records them (SQLite
-    synchronous=FULL: its WAL is fsynced inside the commit). So after a power loss at any point
-    no name in the pool holds incomplete bytes; and an unrecorded one is still re-hashed before
-    use (Pool.adopt) or removed by gc."""
+    a second syncfs makes the names durable, then the database transaction that records them
+    commits (SQLite synchronous=FULL: its WAL is fsynced inside the commit; the transaction's rows
+    are written meanwhile, mirror.sync.commit, and "commit-begin" marks its COMMIT). So after a
+    power loss at any point no name in the pool holds incomplete bytes; and an unrecorded one is
+    still re-hashed before use (Pool.adopt) or removed by gc."""
     w = power_world
     w.upstream.add(DebPackage("hello", "1.1-1"), DebPackage("libfoo1", "2.1-1", arch="i386"))
     w.upstream.publish(keep_plain_on_disk=False)

@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-import zstandard
-
 from mirror.errors import MalformedMetadataError, TooLargeError
 
 __all__ = ["PREFERENCE", "SUFFIXES", "decompress_file", "decompress_to_file", "split_variant"]
@@ -118,6 +116,8 @@ class _Zstd:
     """zstandard's decompressobj cannot bound its output, so bound its input instead."""
 
     def __init__(self) -> None:
+        import zstandard  # only for .zst files: its import (and platform's) cost every sync 5 ms
+
         self._d = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW).decompressobj()
         self.eof = False
         self._rest = b""
@@ -149,7 +149,17 @@ def _new_member(kind: str) -> _Member:
     raise ValueError(f"unknown compression kind {kind!r}")
 
 
-_DECODE_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, zstandard.ZstdError)
+
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError)
+
+
+def _decode_errors(kind: str) -> tuple[type[BaseException], ...]:
+    """What decoding `kind` data may raise (zstandard's own error only when it is loaded)."""
+    if kind != "zst":
+        return _DECODE_ERRORS
+    import zstandard
+
+    return (*_DECODE_ERRORS, zstandard.ZstdError)
 
 
 def decompressed_head(src: Path, kind: str, size: int, *, what: str) -> bytes:
@@ -164,7 +174,7 @@ def decompressed_head(src: Path, kind: str, size: int, *, what: str) -> bytes:
                     out += chunk
                     if len(out) >= size:
                         break
-    except _DECODE_ERRORS as exc:
+    except _decode_errors(kind) as exc:
         raise MalformedMetadataError(f"is not valid {kind} data: {exc}", path=what) from None
     return bytes(out[:size])
 
@@ -222,7 +232,7 @@ def _decompress_into(src: Path, kind: str, out: BinaryIO, *, cap: int, what: str
                             "decoder memory"
                         ) from None
                     raise _corrupt(what, kind, members, exc) from None
-                except _DECODE_ERRORS as exc:
+                except _decode_errors(kind) as exc:
                     raise _corrupt(what, kind, members, exc) from None
                 if member.eof:
                     data = member.leftover()

@@ -9,11 +9,13 @@ every package comes with the size and SHA256 its verified index gives it, at a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from mirror.errors import (
     ChecksumMismatchError,
@@ -43,12 +45,14 @@ BY_HASH_DIRS = {"sha256": "SHA256", "sha512": "SHA512", "sha1": "SHA1", "md5": "
 #: Release fields that say which archive and release this is (apt's `VerifyVendor` and
 #: `--allow-releaseinfo-change` set; Version changes with every point release and is not here).
 IDENTITY_FIELDS = ("Origin", "Label", "Suite", "Codename")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class AptRoot(VerifiedRoot):
     suite: str = ""
     release: Release | None = None
+    signed: bytes = b""  # the verified payload of the root file (InRelease's signed text)
 
 
 class AptFormat:
@@ -90,7 +94,7 @@ class AptFormat:
                 f"Codename {release.codename!r}", repo=name, path=what)
         await _check_identity(ctx, suite, release, what)
         record = RootRecord(name=suite, sha256=digest, date=release.date, valid_until=release.valid_until)
-        return AptRoot(record=record, files=files, suite=suite, release=release)
+        return AptRoot(record=record, files=files, suite=suite, release=release, signed=verified.payload)
 
     async def verify_fetched(self, ctx: SyncContext, wanted: Sequence[Wanted]) -> None:
         """APT packages carry no signatures of their own: the chain of digests covers them."""
@@ -107,9 +111,19 @@ class AptFormat:
                                                      _architectures(ctx, root.release), suite_wanted,
                                                      root.files))
                 continue
-            if f"dists/{root.suite}/InRelease" in root.files:
-                await _add_detached_release(ctx, root)
-            wanted.extend(await self._plan_suite(ctx, root.suite, root.release))
+            # Release + Release.gpg are checked while the indices are planned (gpg runs apart)
+            detached = asyncio.ensure_future(_add_detached_release(ctx, root)) \
+                if f"dists/{root.suite}/InRelease" in root.files else None
+            try:
+                wanted.extend(await self._plan_suite(ctx, root.suite, root.release))
+            except BaseException:
+                if detached is not None:
+                    detached.cancel()
+                    with contextlib.suppress(BaseException):
+                        await detached
+                raise
+            if detached is not None:
+                await detached
         return wanted
 
     async def _plan_suite(self, ctx: SyncContext, suite: str, release: Release) -> list[Wanted]:
@@ -131,29 +145,52 @@ class AptFormat:
         for path, entry in release.files.items():
             groups.setdefault(split_variant(path)[0], []).append(entry)
 
-        wanted: list[Wanted] = []
-        filtered: list[tuple[str, bytes]] = []  # a filtered repo's indices, filtered together below
+        filtered: dict[int, tuple[str, bytes]] = {}  # a filtered repo's indices, filtered together below
+
+        async def packages(base: str, required: bool, slot: int) -> list[Wanted]:
+            found: list[Wanted] = []
+            data = await _fetch_index(ctx, suite, release, groups.get(base), base,
+                                      [] if repo.filtered else found, required=required)
+            if data is not None and repo.filtered:
+                filtered[slot] = (f"dists/{suite}/{base}", data)
+            elif data is not None:
+                found.extend(await asyncio.to_thread(_packages, data, f"dists/{suite}/{base}"))
+            return found
+
+        async def translation(base: str) -> list[Wanted]:
+            found: list[Wanted] = []
+            await _fetch_index(ctx, suite, release, groups.get(base), base, found, required=False,
+                               parse=False)
+            return found
+
+        async def sources(base: str) -> list[Wanted]:
+            found: list[Wanted] = []
+            data = await _fetch_index(ctx, suite, release, groups.get(base), base, found, required=True)
+            assert data is not None
+            found.extend(await asyncio.to_thread(_sources, data, f"dists/{suite}/{base}"))
+            return found
+
+        jobs: list[Awaitable[list[Wanted]]] = []  # every index of the suite at once
         for comp in repo.components:
-            for arch in archs:
-                base = f"{comp}/binary-{arch}/Packages"
-                data = await _fetch_index(ctx, suite, release, groups.get(base), base,
-                                          [] if repo.filtered else wanted, required=arch != "all")
-                if data is not None and repo.filtered:
-                    filtered.append((f"dists/{suite}/{base}", data))
-                elif data is not None:
-                    wanted.extend(await asyncio.to_thread(_packages, data, f"dists/{suite}/{base}"))
-            for lang in repo.languages:
-                base = f"{comp}/i18n/Translation-{lang}"
-                await _fetch_index(ctx, suite, release, groups.get(base), base, wanted, required=False,
-                                   parse=False)
+            jobs.extend(packages(f"{comp}/binary-{arch}/Packages", arch != "all", len(jobs) + i)
+                        for i, arch in enumerate(archs))
+            jobs.extend(translation(f"{comp}/i18n/Translation-{lang}") for lang in repo.languages)
             if repo.sources:
-                base = f"{comp}/source/Sources"
-                data = await _fetch_index(ctx, suite, release, groups.get(base), base, wanted, required=True)
-                assert data is not None
-                wanted.extend(await asyncio.to_thread(_sources, data, f"dists/{suite}/{base}"))
+                jobs.append(sources(f"{comp}/source/Sources"))
+        wanted = [w for found in await _in_order(jobs) for w in found]
         if filtered:
-            wanted.extend(await _filtered_packages(ctx, suite, filtered))
+            wanted.extend(await _filtered_packages(ctx, suite, [filtered[k] for k in sorted(filtered)]))
         return wanted
+
+
+async def _in_order(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Run `jobs` at once; their results in order, or the first failure in that order (the
+    others finish first: nothing is left running)."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("list[T]", results)
 
 
 def identity(release: Release) -> dict[str, str | None]:
@@ -221,12 +258,10 @@ async def _add_detached_release(ctx: SyncContext, root: AptRoot) -> None:
                                         ctx.fetcher.fetch_bytes(ctx.url(f"{what}.gpg"), cap=cap,
                                                                 what=f"{what}.gpg"))
         verified = await asyncio.to_thread(ctx.keyring.verify_detached, raw, sig, what=f"{what}.gpg")
-        inline = await asyncio.to_thread(ctx.keyring.verify_clearsigned, root.files[f"{what[:-7]}InRelease"],
-                                         what=f"{what[:-7]}InRelease")
     except MirrorError as exc:
         log.warning("%s: %s: not mirrored (InRelease is enough for apt): %s", ctx.repo.name, what, exc)
         return
-    if verified.payload.rstrip(b"\n") != inline.payload.rstrip(b"\n"):
+    if verified.payload.rstrip(b"\n") != root.signed.rstrip(b"\n"):
         log.warning("%s: %s differs from InRelease: not mirrored", ctx.repo.name, what)
         return
     root.files[what] = raw
@@ -261,12 +296,19 @@ async def _fetch_index(ctx: SyncContext, suite: str, release: Release,
     plain = items.get("plain")
     content: bytes | None = None
     done: set[str] = set()
+    # the compressed variants are fetched at once; then each is taken in order of preference
+    compressed = [k for k in PREFERENCE if k in items and k != "plain"]
+    fetched = dict(zip(compressed, await asyncio.gather(
+        *(_ingest_index(ctx, items[k]) for k in compressed), return_exceptions=True), strict=True))
     for kind in (k for k in PREFERENCE if k in items):
         if kind in done:
             continue
         item = items[kind]
         try:
-            await _ingest_index(ctx, item)
+            if kind == "plain":
+                await _ingest_index(ctx, item)
+            elif isinstance(failure := fetched[kind], BaseException):
+                raise failure
         except NotFoundUpstreamError as exc:
             log.info("%s: %s", ctx.repo.name, exc)
             continue

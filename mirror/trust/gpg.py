@@ -288,17 +288,27 @@ def _primary_fingerprints(colons: str) -> tuple[list[str], bool]:
     return fprs, has_secret
 
 
+#: Primary fingerprints by the sha256 of a key file's bytes: a sync reads each key file twice
+#: (validating the config, then building the repo's keyring), and a long-running server many
+#: times; gpg is asked once per content.
+_SHOWN: dict[str, list[str]] = {}
+
+
 def key_fingerprints(key_file: Path) -> list[str]:
     """Primary fingerprints in an armored or binary key file; no keyring is touched."""
     try:
-        if not key_file.read_bytes().strip():
-            raise ValueError(f"{key_file}: empty key file")
+        data = key_file.read_bytes()
     except OSError as exc:
         raise ValueError(f"{key_file}: cannot read key file: {exc.strerror}") from exc
+    if not data.strip():
+        raise ValueError(f"{key_file}: empty key file")
+    digest = hashlib.sha256(data).hexdigest()
+    if (known := _SHOWN.get(digest)) is not None:
+        return list(known)
     with tempfile.TemporaryDirectory(prefix="mirror-gpg-") as tmp:
-        proc = subprocess.run(
-            [GPG, "--homedir", tmp, *_COMMON, "--with-colons", "--show-keys", "--", str(key_file)],
-            capture_output=True, check=False, timeout=GPG_TIMEOUT,
+        proc = subprocess.run(  # the bytes just read and hashed, on stdin
+            [GPG, "--homedir", tmp, *_COMMON, "--with-colons", "--show-keys"],
+            input=data, capture_output=True, check=False, timeout=GPG_TIMEOUT,
         )
     fprs, has_secret = _primary_fingerprints(proc.stdout.decode("utf-8", "replace"))
     if has_secret:
@@ -306,7 +316,8 @@ def key_fingerprints(key_file: Path) -> list[str]:
     if proc.returncode != 0 or not fprs:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no keys"]
         raise ValueError(f"{key_file}: no usable OpenPGP public key ({detail[0]})")
-    return fprs
+    _SHOWN[digest] = fprs
+    return list(fprs)
 
 
 def _normalise(fingerprint: str) -> str:
