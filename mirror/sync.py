@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from mirror.config import RepoSettings, Settings
 from mirror.downloads import Helpers, fetch_into_pool
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # a sync needs mirror.diff only at its commit (mirror.store i
     from mirror.diff import Advisory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_FAILURES_BEFORE_ABORT = 20
 #: Signed metadata dated more than this ahead of our clock is refused (fast-forward, HOSTILE T4):
 #: accepted, its Date would become the mark that makes every genuine later release a rollback.
@@ -108,9 +109,28 @@ class SyncContext:
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
     notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
     helpers: Helpers | None = None  # download helper processes (`mirror sync` forks them)
+    #: Work the snapshot needs only at its commit (`meanwhile`), done while the packages download.
+    background: list[asyncio.Future[None]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return self.repo.url + path
+
+    def meanwhile(self, work: Awaitable[None]) -> None:
+        """Run `work` beside the downloads; the sync waits for it (and fails with it) before its
+        commit, and cancels it if the sync ends otherwise."""
+        self.background.append(asyncio.ensure_future(work))
+
+    async def settle(self) -> None:
+        """Wait for every `meanwhile` work; the first failure, in the order they were started."""
+        await in_order(self.background)
+        self.background.clear()
+
+    async def abandon(self) -> None:
+        """Cancel the `meanwhile` work still running (the sync ends without a commit)."""
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
 
     async def ingest(self, expected: ExpectedFile, *, known_absent: bool = False) -> str:
         """Make `expected` present in the pool (fetching it only if the pool lacks it); its sha256.
@@ -287,6 +307,8 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                                   accept_identity_change=accept_identity_change, helpers=helpers)
                 snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
             finally:
+                if ctx is not None:
+                    await ctx.abandon()
                 for close in ctx.on_close if ctx is not None else ():
                     await close()
                 if ctx is not None:
@@ -374,6 +396,7 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
         for path in (e.path, *w.aliases):
             _add(entries, ManifestEntry(path, e.sha256, e.size, e.kind, w.package), repo.name)
 
+    await ctx.settle()
     ctx.progress.update(phase="committing")
     new = NewSnapshot(repo=repo.name, signed_by="mirror" if repo.filtered else "upstream", plan_key=key,
                       roots=[r.record for r in roots], entries=sorted(entries.values(), key=lambda e: e.path),
@@ -392,6 +415,16 @@ def commit(pool: Pool, store: Store, new: NewSnapshot, first_tier: str) -> str:
     with ThreadPoolExecutor(1, thread_name_prefix="mirror-durable") as flusher:
         durable = flusher.submit(pool.make_durable)
         return store.commit_snapshot(new, first_tier, before_commit=durable.result)
+
+
+async def in_order(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Run `jobs` at once; their results in order, or the first failure in that order (raised once
+    all have finished: nothing is left running)."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("list[T]", results)
 
 
 def _add(entries: dict[str, ManifestEntry], entry: ManifestEntry, repo: str) -> None:

@@ -15,7 +15,6 @@ import logging
 import posixpath
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
 
 from mirror.errors import (
     ChecksumMismatchError,
@@ -37,7 +36,7 @@ from mirror.formats.deb import (
 )
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained, join
-from mirror.sync import SyncContext, VerifiedRoot, Wanted
+from mirror.sync import SyncContext, VerifiedRoot, Wanted, in_order
 from mirror.trust.gpg import clearsigned_payload
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ BY_HASH_DIRS = {"sha256": "SHA256", "sha512": "SHA512", "sha1": "SHA1", "md5": "
 #: Release fields that say which archive and release this is (apt's `VerifyVendor` and
 #: `--allow-releaseinfo-change` set; Version changes with every point release and is not here).
 IDENTITY_FIELDS = ("Origin", "Label", "Suite", "Codename")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -177,20 +175,10 @@ class AptFormat:
             jobs.extend(translation(f"{comp}/i18n/Translation-{lang}") for lang in repo.languages)
             if repo.sources:
                 jobs.append(sources(f"{comp}/source/Sources"))
-        wanted = [w for found in await _in_order(jobs) for w in found]
+        wanted = [w for found in await in_order(jobs) for w in found]
         if filtered:
             wanted.extend(await _filtered_packages(ctx, suite, [filtered[k] for k in sorted(filtered)]))
         return wanted
-
-
-async def _in_order(jobs: Sequence[Awaitable[T]]) -> list[T]:
-    """Run `jobs` at once; their results in order, or the first failure in that order (the
-    others finish first: nothing is left running)."""
-    results = await asyncio.gather(*jobs, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return cast("list[T]", results)
 
 
 def identity(release: Release) -> dict[str, str | None]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mirror.diff import Advisory
 from mirror.errors import (
     ChecksumMismatchError,
     MalformedMetadataError,
@@ -39,7 +38,7 @@ from mirror.formats.rpm import (
 from mirror.formats.updateinfo import load_updateinfo
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained
-from mirror.sync import SyncContext, VerifiedRoot, Wanted
+from mirror.sync import SyncContext, VerifiedRoot, Wanted, in_order
 from mirror.trust.rpmsig import PackageVerifier, SignatureChecks, database_path
 
 REPOMD = "repodata/repomd.xml"
@@ -123,22 +122,35 @@ class RpmFormat:
         assert isinstance(root, RpmRoot) and root.repomd is not None
         wanted: list[Wanted] = []
         primary: tuple[RepomdRecord, str] | None = None
+        updateinfo: tuple[RepomdRecord, str] | None = None
         digests: dict[str, str] = {}
-        for record in root.repomd.records:
-            expected = _record_expected(ctx, record)
-            digest = await ctx.ingest(expected)
+        records = root.repomd.records
+        expected = [_record_expected(ctx, record) for record in records]
+        for record, file, digest in zip(records, expected, await in_order([ctx.ingest(e) for e in expected]),
+                                        strict=True):
             digests[record.type] = digest
-            wanted.append(Wanted(_with_sha256(expected, digest)))
+            wanted.append(Wanted(_with_sha256(file, digest)))
             if record.type == "primary":
                 primary = (record, digest)
             elif record.type == "updateinfo":
-                ctx.advisories = await _load_advisories(ctx, record, digest)
+                updateinfo = (record, digest)
         if primary is None:
             raise MalformedMetadataError("repomd lists no primary record", repo=ctx.repo.name, path=REPOMD)
-        entries = await _parse_primary(ctx, *primary)
+        # the advisories are parsed beside primary, and, unless a filter needs them, the downloads
+        advisories = asyncio.ensure_future(_load_advisories(ctx, *updateinfo)) if updateinfo else None
+        try:
+            entries = await _parse_primary(ctx, *primary)
+        except BaseException:
+            if advisories is not None:
+                advisories.cancel()
+                await asyncio.gather(advisories, return_exceptions=True)
+            raise
+        if advisories is not None:
+            ctx.meanwhile(advisories)
         if ctx.repo.filtered:  # the mirror's own signed repodata replaces the upstream's
             from mirror.repodata import regenerate
 
+            await ctx.settle()
             entries, wanted = await regenerate(ctx, root.repomd, digests, entries, root.files)
         packages = await _packages(ctx, entries)
         if ctx.repo.package_signatures == "require":
@@ -204,13 +216,14 @@ async def _parse_primary(ctx: SyncContext, record: RepomdRecord, digest: str) ->
             raise exc.with_context(repo=ctx.repo.name, path=path) from None
 
 
-async def _load_advisories(ctx: SyncContext, record: RepomdRecord, digest: str) -> list[Advisory]:
-    """The advisories of an updateinfo record whose checksum verified (malformed: the sync fails)."""
+async def _load_advisories(ctx: SyncContext, record: RepomdRecord, digest: str) -> None:
+    """`ctx.advisories`: those of an updateinfo record whose checksum verified (malformed: the
+    sync fails)."""
     path = contained(record.href)
     cap = record.open_size if record.open_size is not None else ctx.settings.sync.max_index_size
     try:
-        return await asyncio.to_thread(load_updateinfo, ctx.pool.path_for(digest), split_variant(path)[1],
-                                       cap=cap, what=path, tmp_dir=ctx.tmp)
+        ctx.advisories = await asyncio.to_thread(load_updateinfo, ctx.pool.path_for(digest),
+                                                 split_variant(path)[1], cap=cap, what=path, tmp_dir=ctx.tmp)
     except MalformedMetadataError as exc:
         raise exc.with_context(repo=ctx.repo.name, path=path) from None
 
