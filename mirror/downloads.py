@@ -28,6 +28,7 @@ import pickle
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -240,6 +241,7 @@ class Helpers:
             helper.sock.close()
         deadline = time.monotonic() + STOP_GRACE
         for helper in self._helpers:
+            pause = 0.0005  # a helper exits within a millisecond or two: poll soon, then less often
             with contextlib.suppress(ChildProcessError):
                 while os.waitpid(helper.pid, os.WNOHANG) == (0, 0):
                     if time.monotonic() > deadline:
@@ -247,7 +249,8 @@ class Helpers:
                         os.kill(helper.pid, signal.SIGKILL)
                         os.waitpid(helper.pid, 0)
                         break
-                    time.sleep(0.01)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.01)
 
 
 class _Outbox:
@@ -350,5 +353,9 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the sync closed its end: it ended, or died
         for task in list(tasks):
-            task.cancel()
+            task.cancel()  # each removes its temp file
         await asyncio.gather(*tasks, return_exceptions=True)
+    # Nothing is left to tidy: leave at once, without the event loop's teardown (the sync waits
+    # for this process to exit).
+    sys.stderr.flush()
+    os._exit(0)
