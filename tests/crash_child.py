@@ -55,8 +55,10 @@ def _mark(name: str) -> None:
     os.write(2, f"@mark {name} {time.monotonic():.6f}\n".encode())
 
 
-def _die() -> None:
-    _mark("killed-at-point")
+def _die(phase: str | None) -> None:
+    """Killed at a named point; `phase`: the mark of the call it is in (other threads of the
+    sync, e.g. the pool's flush beside the database commit, may log marks after that one)."""
+    _mark(f"killed-at-point:{phase}" if phase else "killed-at-point")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -80,12 +82,12 @@ def _instrument(kill: str | None) -> None:
             if marker is not None:
                 _mark(marker)
             if before is not None and hit(before):
-                _die()
+                _die(marker)
             result = original(*args, **kwargs)
             if done is not None:
                 _mark(done)
             if after is not None and hit(after):
-                _die()
+                _die(done or marker)
             return result
 
         setattr(owner, attr, wrapper)

@@ -129,7 +129,8 @@ def run_once(zygote: Zygote, argv: list[str], log: Path, *, delay: float | None 
     seconds = time.monotonic() - started
     text = log.read_text(errors="replace")
     marks = [line.split()[1] for line in text.splitlines() if line.startswith("@mark ")]
-    marks = [m for m in marks if m not in ("killed-at-point", "start")]
+    at = [m.split(":", 1)[1] for m in marks if m.startswith("killed-at-point:")]
+    marks = [m for m in marks if not m.startswith("killed-at-point") and m != "start"] + at
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     return Run(killed, code, marks, text, seconds)
