@@ -447,29 +447,27 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
     first failure is raised, its message saying how many more there were.
     """
     present = ctx.on_present or (lambda f: None)
-    missing: list[ExpectedFile] = []
+    unique: list[ExpectedFile] = []
     for f in {f.sha256: f for f in files}.values():
         if f.sha256 in ctx.recorded:
             present(f)
         else:
-            missing.append(f)
-    # Leftovers of an interrupted run lie under their final names unrecorded: re-hash, never trust.
-    leftovers = await asyncio.to_thread(lambda: [f for f in missing if ctx.pool.exists(f.sha256)])
-    adopted = set()
-    for f in leftovers:
-        if await asyncio.to_thread(ctx.pool.adopt, f):
-            adopted.add(f.sha256)
-            present(f)
-    unique = [f for f in missing if f.sha256 not in adopted]
+            unique.append(f)
     failures: list[MirrorError] = []
     queue: asyncio.Queue[ExpectedFile] = asyncio.Queue()
     for f in unique:
         queue.put_nowait(f)
+    pool = ctx.pool
 
     async def worker() -> None:
         while not queue.empty() and len(failures) < MAX_FAILURES_BEFORE_ABORT:
             item = queue.get_nowait()
             try:
+                # A leftover of an interrupted run under its final name, unrecorded: re-hashed,
+                # never trusted by name (one stat here, on the loop, as each file's turn comes).
+                if pool.exists(item.sha256) and await asyncio.to_thread(pool.adopt, item):
+                    present(item)
+                    continue
                 await ctx.ingest(item, known_absent=True)
             except MirrorError as exc:
                 failures.append(exc)
