@@ -203,6 +203,25 @@ def test_hostile_rpm_upstream_is_rejected_and_last_snapshot_keeps_serving(
     assert setup.mirror.temp_files() == []
 
 
+def test_updateinfo_parsed_beside_failed_downloads_leaves_nothing_behind(setup: Setup) -> None:
+    """updateinfo is parsed beside the downloads (SyncContext.meanwhile). When a download fails
+    first, the sync reports that failure, the parse is dropped and nothing is left behind; when
+    only updateinfo is bad, the sync still fails on it (HOSTILE table above)."""
+    first = setup.mirror.sync_one()
+    assert first.ok, first.error
+    before = setup.mirror.served_tree()
+    billion_laughs_in_updateinfo(setup)
+    setup.server.faults[setup.upstream.url_path_of("hello", "1.1")] = Fault(statuses=[404])
+    result = setup.mirror.sync_one()
+    assert result.error is not None
+    assert result.error.code in ("upstream_not_found", "metadata_malformed"), result.error
+    if result.error.code == "upstream_not_found":
+        assert "hello-1.1" in str(result.error), result.error
+    assert setup.mirror.snapshots() == [first.snapshot]
+    assert setup.mirror.served_tree() == before
+    assert setup.mirror.temp_files() == []
+
+
 def test_upstream_503_with_retry_after_is_retried(setup: Setup) -> None:
     _new_package(setup)
     setup.server.faults[setup.upstream.url_path_of("hello", "1.1")] = Fault(

@@ -417,3 +417,18 @@ def test_signature_verdict(status: str, rc: int, expected: str | Verdict) -> Non
         with pytest.raises(SignatureError if "weak" not in expected else WeakDigestError,
                            match=f"^{WHAT}: .*{expected}"):
             signature_verdict(status, rc, frozenset({A}), what=WHAT)
+
+
+def test_key_fingerprints_follow_the_file_content_not_its_name(keys: Keys, tmp_path: Path) -> None:
+    """gpg is asked once per key content (mirror.trust.gpg._SHOWN); a file rewritten with other
+    keys is read again, and a copy of known keys elsewhere needs no gpg at all."""
+    path = tmp_path / "vendor.asc"
+    path.write_bytes((keys.files / "a.asc").read_bytes())
+    assert key_fingerprints(path) == [keys.a.fingerprint]
+    path.write_bytes((keys.files / "b.asc").read_bytes())
+    assert key_fingerprints(path) == [keys.b.fingerprint]
+    copy = tmp_path / "copy.asc"
+    copy.write_bytes(path.read_bytes())
+    assert key_fingerprints(copy) == [keys.b.fingerprint]
+    key_fingerprints(copy).append("mutated")  # the cache hands out copies
+    assert key_fingerprints(copy) == [keys.b.fingerprint]
