@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from mirror import __version__
 from mirror.config import Settings, config_path, load
@@ -278,8 +279,6 @@ def _actor() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no $USER
-        import os
-
         return f"uid:{os.getuid()}"
 
 
@@ -548,5 +547,23 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def run() -> NoReturn:
+    """The `mirror` command: `main`, then leave at once.
+
+    Every change is durable by then (each database commit is fsynced: synchronous=FULL; pool
+    files before the commit that records them), so the process ends without the interpreter's
+    teardown and without closing its database connection, which would make SQLite checkpoint
+    its write-ahead log into the database file on the way out (two more fdatasyncs: about 20 ms
+    of every sync here, an eighth of a no-op one). SQLite checkpoints that log itself as it grows
+    (wal_autocheckpoint, 1,000 pages), and the next connection reads it as before. Tests and
+    embedders call `main`, which returns."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
