@@ -173,17 +173,24 @@ def _store(settings: Settings) -> Any:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    from mirror.downloads import Helpers, helper_count
-    from mirror.sync import Progress, SyncResult, fetch_policy, sync_repos
+    import threading
 
     for name in args.repos:
         settings.repo(name)
+    names = args.repos or list(settings.repo_names)
+    # Each repo's keyring is built (gpg, some 10 ms a repo when new) while a sync's modules load;
+    # the sync finds it built (or builds it again and reports what failed).
+    keyrings = threading.Thread(target=_build_keyrings, args=(settings, names), name="mirror-keyrings")
+    keyrings.start()
+    from mirror.downloads import Helpers, helper_count
+    from mirror.sync import Progress, SyncResult, fetch_policy, sync_repos
+
+    keyrings.join()
     # Forked before the event loop, any thread or the database connection exist: a fork copies
     # only the calling thread, and a database connection must not cross a fork.
     helpers = Helpers.fork(helper_count(settings.sync.download_processes), fetch_policy(settings),
                            settings.sync.max_parallel_downloads)
     store = _store(settings)
-    names = args.repos or list(settings.repo_names)
     show = sys.stderr.isatty() and not args.no_progress
     progresses = {n: Progress(repo=n) for n in names}
 
@@ -210,6 +217,17 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{r.repo}: {r.snapshot or 'unchanged'}")
     _issue_releases(settings, store)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _build_keyrings(settings: Settings, names: Sequence[str]) -> None:
+    from mirror.trust.gpg import Keyring, keyring_home
+
+    for name in names:
+        repo = settings.repo(name)
+        try:
+            Keyring([repo.keyring], repo.fingerprints, keyring_home(settings.storage.root, name))
+        except Exception as exc:  # the sync builds it again, and fails the repo with the reason
+            logging.getLogger(__name__).debug("%s: keyring not built ahead: %s", name, exc)
 
 
 def _issue_releases(settings: Settings, store: Any, only: tuple[str, str] | None = None) -> None:

@@ -36,7 +36,7 @@ from mirror.fetch import Fetcher, FetchPolicy
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
 from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
-from mirror.trust.gpg import Keyring
+from mirror.trust.gpg import Keyring, keyring_home
 
 if TYPE_CHECKING:  # a sync needs mirror.diff only at its commit (mirror.store imports it there)
     from mirror.diff import Advisory
@@ -298,7 +298,7 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
             try:
                 try:
                     keyring = await asyncio.to_thread(
-                        Keyring, [repo.keyring], repo.fingerprints, root / "keyrings" / repo.name)
+                        Keyring, [repo.keyring], repo.fingerprints, keyring_home(root, repo.name))
                 except ValueError as exc:
                     raise ConfigError(f"keyring {repo.keyring}: {exc}", repo=repo.name) from None
                 ctx = SyncContext(settings=settings, repo=repo, fetcher=fetcher, pool=pool, store=store,

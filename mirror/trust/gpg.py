@@ -327,6 +327,11 @@ def _normalise(fingerprint: str) -> str:
     return fpr
 
 
+def keyring_home(storage_root: Path, repo: str) -> Path:
+    """Where a repo's `Keyring` keeps its GnuPG home."""
+    return storage_root / "keyrings" / repo
+
+
 class Keyring:
     """An isolated GnuPG home holding only one repo's keys, and the fingerprints it pins."""
 
