@@ -1,10 +1,13 @@
 """`mirror.sync.commit`: the snapshot's rows are written while the pool flushes, and the database
-commits only once the flush is done (HOSTILE 57); if the flush fails, nothing is recorded."""
+commits only once the flush is done (HOSTILE 57); if the flush fails, nothing is recorded. And
+the flush started ahead of it while a sync still fetches (`_WriteAhead`)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ from mirror.errors import NoSpaceError
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, RootRecord, utcnow
 from mirror.pool import Pool
 from mirror.store import NewSnapshot, Store
-from mirror.sync import commit
+from mirror.sync import WRITE_AHEAD_MAX, WRITE_AHEAD_MIN, _WriteAhead, commit
+
+MB = 1_000_000
 
 
 def _staged_snapshot(tmp_path: Path) -> tuple[Pool, Store, NewSnapshot, str]:
@@ -65,3 +70,87 @@ def test_a_failed_pool_flush_records_nothing(tmp_path: Path, monkeypatch: pytest
     assert store.latest_snapshot("repo") is None
     assert _snapshots_seen_by_another_connection(store.path) == 0
     assert store.tier_snapshot("repo", "dev") is None
+
+
+# -- writing ahead: the pool is flushed in the background while a sync still fetches -----------
+
+
+class _Ctx:
+    """What `_WriteAhead` uses of a SyncContext."""
+
+    def __init__(self, pool: object) -> None:
+        self.pool = pool
+        self.background: list[object] = []
+
+    def meanwhile(self, work: object) -> None:
+        self.background.append(work)
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.flushes = 0
+        self.release = threading.Event()
+
+    def write_ahead(self) -> None:
+        self.flushes += 1
+        self.release.wait(10)
+
+
+def test_write_ahead_flushes_once_a_share_of_the_fetch_is_staged() -> None:
+    async def go() -> tuple[int, int, int]:
+        pool = _Pool()
+        pool.release.set()
+        ctx = _Ctx(pool)
+        ahead = _WriteAhead(ctx, 200 * MB)  # type: ignore[arg-type]
+        for _ in range(139):
+            ahead.fetched(MB)
+        before = pool.flushes
+        ahead.fetched(MB)  # 140 MB: 70%
+        await asyncio.gather(*ctx.background)  # type: ignore[arg-type]
+        for _ in range(60):
+            ahead.fetched(MB)
+        await asyncio.gather(*ctx.background)  # type: ignore[arg-type]
+        return before, pool.flushes, len(ctx.background)
+
+    assert asyncio.run(go()) == (0, 1, 1)
+
+
+def test_write_ahead_leaves_a_small_fetch_to_the_commit() -> None:
+    ctx = _Ctx(_Pool())
+    ahead = _WriteAhead(ctx, WRITE_AHEAD_MIN - 1)  # type: ignore[arg-type]
+    for _ in range(100):
+        ahead.fetched(WRITE_AHEAD_MIN)
+    assert ctx.background == []
+
+
+def test_write_ahead_runs_one_flush_at_a_time_in_steps_of_at_most_the_maximum() -> None:
+    async def go() -> list[int]:
+        pool = _Pool()
+        ctx = _Ctx(pool)
+        ahead = _WriteAhead(ctx, 100 * WRITE_AHEAD_MAX)  # type: ignore[arg-type]
+        assert ahead.step == WRITE_AHEAD_MAX
+        seen = []
+        ahead.fetched(WRITE_AHEAD_MAX)  # a first flush starts, and hangs
+        await asyncio.sleep(0.05)
+        ahead.fetched(WRITE_AHEAD_MAX)  # a step more while it runs: none more yet
+        seen.append(len(ctx.background))
+        pool.release.set()
+        await asyncio.gather(*ctx.background)  # type: ignore[arg-type]
+        ahead.fetched(1)  # the next step starts once the first is over
+        await asyncio.gather(*ctx.background)  # type: ignore[arg-type]
+        seen += [len(ctx.background), pool.flushes]
+        return seen
+
+    assert asyncio.run(go()) == [1, 2, 2]
+
+
+def test_a_failed_write_ahead_is_only_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    pool = Pool(tmp_path / "storage")
+
+    def broken(self: Pool) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Pool, "_flush", broken)
+    pool.write_ahead()
+    assert "writing ahead failed" in caplog.text
