@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mirror.errors import ChecksumMismatchError, SizeMismatchError, UnsafePathError
 from mirror.model import ExpectedFile
 from mirror.pool import Pool
-from mirror.repopath import contained
+from mirror.repopath import _contained, contained
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -116,6 +116,25 @@ def test_contained_path_never_leaves_the_repo(segments: list[str], absolute: boo
     assert ".." not in result.split("/")
     assert posixpath.normpath(posixpath.join("/repo", result)).startswith("/repo/")
     assert "\\" not in result and "\x00" not in result
+
+
+PATHS = st.lists(st.sampled_from([*"ab0_+~-.:/%\\\x00 ", "2e", "2f", "\u00e9", "..", "//"]),
+                 max_size=16).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(PATHS)
+def test_contained_fast_path_answers_as_the_full_check(raw: str) -> None:
+    """`contained` returns a plain path (`_PLAIN`) as it is; the full check must agree."""
+    try:
+        full: str | None = _contained(raw, None)
+    except UnsafePathError:
+        full = None
+    try:
+        fast: str | None = contained(raw)
+    except UnsafePathError:
+        fast = None
+    assert fast == full, raw
 
 
 @pytest.mark.parametrize("raw", [
