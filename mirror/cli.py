@@ -292,11 +292,15 @@ def _tiers(settings: Settings) -> Any:
 
 
 def _actor() -> str:
-    import getpass
+    """Who runs this command (getpass.getuser's answer, without importing getpass)."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if user := os.environ.get(name):
+            return user
+    import pwd
 
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry and no $USER
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry and no $USER
         return f"uid:{os.getuid()}"
 
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
-import aiofiles
-
 from mirror import __version__
 from mirror.errors import (
     ChecksumMismatchError,
@@ -167,6 +165,8 @@ class Fetcher:
 
     @asynccontextmanager
     async def _open_file(self, url: str) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        import aiofiles  # file:// upstreams only: 1.5 ms of every other sync's start
+
         path = Path(unquote(urlsplit(url).path))
         try:
             handle = await aiofiles.open(path, "rb")
