@@ -173,24 +173,25 @@ def _store(settings: Settings) -> Any:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mirror.downloads import Helpers, fetch_policy, helper_count
 
     for name in args.repos:
         settings.repo(name)
     names = args.repos or list(settings.repo_names)
-    # Each repo's keyring is built (gpg, some 10 ms a repo when new) while a sync's modules load;
-    # the sync finds it built (or builds it again and reports what failed).
-    keyrings = threading.Thread(target=_build_keyrings, args=(settings, names), name="mirror-keyrings")
-    keyrings.start()
-    from mirror.downloads import Helpers, helper_count
-    from mirror.sync import Progress, SyncResult, fetch_policy, sync_repos
-
-    keyrings.join()
-    # Forked before the event loop, any thread or the database connection exist: a fork copies
+    # Forked first, before any thread, event loop or database connection exists: a fork copies
     # only the calling thread, and a database connection must not cross a fork.
     helpers = Helpers.fork(helper_count(settings.sync.download_processes), fetch_policy(settings),
                            settings.sync.max_parallel_downloads)
-    store = _store(settings)
+    # Then, while the rest of a sync's modules load, a thread builds each repo's keyring (gpg,
+    # some 10 ms a repo when new; the sync finds it built, or builds it again and reports what
+    # failed) and opens the state database (a new one is created: a few ms more).
+    with ThreadPoolExecutor(1, thread_name_prefix="mirror-prepare") as prepare:
+        opened = prepare.submit(_prepare_sync, settings, names)
+        from mirror.sync import Progress, SyncResult, sync_repos
+
+        store = opened.result()
     show = sys.stderr.isatty() and not args.no_progress
     progresses = {n: Progress(repo=n) for n in names}
 
@@ -219,7 +220,9 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _build_keyrings(settings: Settings, names: Sequence[str]) -> None:
+def _prepare_sync(settings: Settings, names: Sequence[str]) -> Any:
+    """Blocking: build the repos' keyrings ahead (failures are left to the sync), then open the
+    state database: the Store."""
     from mirror.trust.gpg import Keyring, keyring_home
 
     for name in names:
@@ -228,6 +231,7 @@ def _build_keyrings(settings: Settings, names: Sequence[str]) -> None:
             Keyring([repo.keyring], repo.fingerprints, keyring_home(settings.storage.root, name))
         except Exception as exc:  # the sync builds it again, and fails the repo with the reason
             logging.getLogger(__name__).debug("%s: keyring not built ahead: %s", name, exc)
+    return _store(settings)
 
 
 def _issue_releases(settings: Settings, store: Any, only: tuple[str, str] | None = None) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mirror.config import MAX_DOWNLOAD_PROCESSES
+from mirror.config import MAX_DOWNLOAD_PROCESSES, Settings
 from mirror.errors import MirrorError
 from mirror.fetch import Fetcher, FetchPolicy, with_retries
 from mirror.model import ExpectedFile
@@ -64,6 +64,12 @@ async def fetch_into_pool(fetcher: Fetcher, pool: Pool, expected: ExpectedFile, 
             return await pool.ingest(chunks, expected, tmp, what=what, url=url)
 
     return await with_retries(attempt, fetcher.policy)
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The retry and timeout policy of a sync's downloads (and its helpers')."""
+    return FetchPolicy(connect_timeout=settings.sync.connect_timeout,
+                       read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
 
 
 def helper_count(configured: int | None) -> int:

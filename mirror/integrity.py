@@ -165,7 +165,7 @@ async def repair(settings: Settings, store: Store, report: IntegrityReport, *,
         tmp = await asyncio.to_thread(pool.temp_dir, "_verify")
         try:
             if fetcher is None:
-                from mirror.sync import fetch_policy
+                from mirror.downloads import fetch_policy
 
                 async with Fetcher(fetch_policy(settings)) as own:
                     await _repair_all(settings, store, pool, own, tmp, report)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from mirror.config import RepoSettings, Settings
-from mirror.downloads import Helpers, fetch_into_pool
+from mirror.downloads import Helpers, fetch_into_pool, fetch_policy
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
@@ -32,7 +32,7 @@ from mirror.errors import (
     MirrorError,
     RollbackError,
 )
-from mirror.fetch import Fetcher, FetchPolicy
+from mirror.fetch import Fetcher
 from mirror.model import EntryKind, ExpectedFile, ManifestEntry, PackageKey, RootRecord, utcnow
 from mirror.pool import Pool, storage_error
 from mirror.store import NewSnapshot, Store
@@ -540,11 +540,6 @@ def _own_transfers(settings: Settings, helpers: Helpers | None) -> int:
     """The sync's own share of `max_parallel_downloads`: what its download helpers do not take."""
     parallel = settings.sync.max_parallel_downloads
     return max(1, parallel - helpers.transfers) if helpers is not None else parallel
-
-
-def fetch_policy(settings: Settings) -> FetchPolicy:
-    return FetchPolicy(connect_timeout=settings.sync.connect_timeout,
-                       read_timeout=settings.sync.read_timeout, retries=settings.sync.retries)
 
 
 def _rmtree(path: Path) -> None:

@@ -27,12 +27,12 @@ from fixtures.rpm_repo import RpmPackage, RpmRepo
 from fixtures.upstream import Fault, UpstreamServer
 from mirror import errors
 from mirror.config import ConfigError, load
-from mirror.downloads import Helpers
+from mirror.downloads import Helpers, fetch_policy
 from mirror.fetch import FetchPolicy, HTTPStatusError
 from mirror.model import ExpectedFile
 from mirror.pool import Pool
 from mirror.store import Store
-from mirror.sync import SyncResult, fetch_policy, sync_repos
+from mirror.sync import SyncResult, sync_repos
 from tests.helpers import Mirror, write_config
 
 PACKAGES = 24
