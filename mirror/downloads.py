@@ -106,6 +106,8 @@ class Helpers:
         self._ids = 0
         self.done = 0  # files helpers fetched (for tests and the log)
         self.checked = 0  # packages whose signatures helpers checked
+        self._users = 0
+        self._closing: asyncio.Future[None] | None = None
 
     @classmethod
     def fork(cls, count: int, policy: FetchPolicy, parallel: int) -> Helpers | None:
@@ -226,8 +228,24 @@ class Helpers:
     def pids(self) -> list[int]:
         return [h.pid for h in self._helpers]
 
+    def hold(self, users: int = 1) -> None:
+        """`users` more syncs use the helpers until each calls `release`."""
+        self._users += users
+
+    def release(self) -> None:
+        """A sync is done with the helpers (its downloads and checks are over); once none is using
+        them they are stopped in the background, beside the syncs' commits (`close` waits)."""
+        self._users -= 1
+        if self._users <= 0 and self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+
     async def close(self) -> None:
-        """Stop the helpers (they exit when their socket closes) and reap them."""
+        """Stop the helpers (they exit when their socket closes) and reap them; once."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await self._closing
+
+    async def _close(self) -> None:
         log.debug("download helpers fetched %d files", self.done)
         for helper in self._helpers:
             helper.alive = False

@@ -111,6 +111,7 @@ class SyncContext:
     helpers: Helpers | None = None  # download helper processes (`mirror sync` forks them)
     #: Work the snapshot needs only at its commit (`meanwhile`), done while the packages download.
     background: list[asyncio.Future[None]] = field(default_factory=list)
+    release_helpers: Callable[[], None] = lambda: None  # this sync is done with `helpers`
 
     def url(self, path: str) -> str:
         return self.repo.url + path
@@ -280,9 +281,14 @@ def _older_revision(new: str | None, old: str | None) -> bool:
 
 async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetcher: Fetcher,
                     progress: Progress | None = None, *, allow_rollback: bool = False,
-                    accept_identity_change: bool = False, helpers: Helpers | None = None) -> SyncResult:
-    """Sync one repo. Never raises for the repo's own failures: they are in the result."""
+                    accept_identity_change: bool = False, helpers: Helpers | None = None,
+                    release_helpers: bool = False) -> SyncResult:
+    """Sync one repo. Never raises for the repo's own failures: they are in the result.
+
+    `release_helpers`: `helpers` were held for this sync (`Helpers.hold`); it releases them once
+    its downloads and checks are over, or when it ends."""
     progress = progress or Progress(repo=repo.name)
+    release = _Once(helpers.release if helpers is not None and release_helpers else None)
     root = settings.storage.root
     run_id: int | None = None
     ctx: SyncContext | None = None
@@ -304,9 +310,11 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                 ctx = SyncContext(settings=settings, repo=repo, fetcher=fetcher, pool=pool, store=store,
                                   keyring=keyring, tmp=tmp, now=utcnow(), progress=progress,
                                   semaphore=asyncio.Semaphore(_own_transfers(settings, helpers)),
-                                  accept_identity_change=accept_identity_change, helpers=helpers)
+                                  accept_identity_change=accept_identity_change, helpers=helpers,
+                                  release_helpers=release)
                 snapshot = await _run(ctx, run_id, allow_rollback=allow_rollback)
             finally:
+                release()
                 if ctx is not None:
                     await ctx.abandon()
                 for close in ctx.on_close if ctx is not None else ():
@@ -391,6 +399,7 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
     await fetch_all(ctx, [w.expected for w in packages])
     ctx.progress.update(phase="checking")
     await fmt.verify_fetched(ctx, packages)
+    ctx.release_helpers()  # the helpers stop beside the commit once no sync needs them
     for w in wanted:
         e = w.expected
         for path in (e.path, *w.aliases):
@@ -528,12 +537,27 @@ async def sync_repos(settings: Settings, names: Sequence[str], store: Store,
     """Sync several repos in parallel with one HTTP client (and `helpers`' own, if any); one
     failing repo never stops the others."""
     repos = [settings.repo(n) for n in names] if names else list(settings.repos)
+    if helpers is not None:
+        helpers.hold(len(repos))  # each repo's sync releases them once its downloads are over
     async with Fetcher(fetch_policy(settings)) as fetcher:
         tasks = [sync_repo(settings, r, store, fetcher,
                            progress_for(r.name) if progress_for else None, allow_rollback=allow_rollback,
-                           accept_identity_change=accept_identity_change, helpers=helpers)
+                           accept_identity_change=accept_identity_change, helpers=helpers,
+                           release_helpers=helpers is not None)
                  for r in repos]
         return list(await asyncio.gather(*tasks))
+
+
+class _Once:
+    """Calls `action` (if any) the first time it is called; later calls do nothing."""
+
+    def __init__(self, action: Callable[[], None] | None) -> None:
+        self._action = action
+
+    def __call__(self) -> None:
+        action, self._action = self._action, None
+        if action is not None:
+            action()
 
 
 def _own_transfers(settings: Settings, helpers: Helpers | None) -> int:

@@ -97,6 +97,32 @@ def test_helpers_fetch_part_of_a_sync_and_the_snapshot_is_whole(setup: Setup, he
     assert mirror.temp_files() == []
 
 
+def test_helpers_stop_once_the_syncs_are_done_with_them_before_close(setup: Setup, helpers: Helpers) -> None:
+    """Each repo's sync releases the helpers after its downloads and checks (Helpers.hold and
+    release): they are stopped beside the commits, and `close` only waits for that."""
+    with UpstreamServer(setup.upstream.root) as server:
+        mirror = write_config(setup.mirror.root, server.url, setup.keyring)
+        store = Store(mirror.settings.storage.root / "state.db")
+
+        async def run() -> tuple[list[SyncResult], bool]:
+            results = await sync_repos(mirror.settings, ["repo"], store, helpers=helpers)
+            await asyncio.sleep(0)
+            stopping = helpers._closing is not None
+            await helpers.close()
+            await helpers.close()  # once only
+            return results, stopping
+
+        try:
+            (result,), stopping = asyncio.run(run())
+        finally:
+            store.close()
+    assert result.ok, result.error
+    assert stopping, "the helpers were still held after the sync ended"
+    for pid in helpers.pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped
+
+
 def test_a_file_a_helper_fetched_wrong_fails_the_sync_naming_it(setup: Setup, helpers: Helpers) -> None:
     with UpstreamServer(setup.upstream.root) as server:
         server.faults["pool/*"] = Fault(append=b"X")  # every package: one byte longer than declared
