@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -189,8 +190,11 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     # failed) and opens the state database (a new one is created: a few ms more).
     with ThreadPoolExecutor(1, thread_name_prefix="mirror-prepare") as prepare:
         opened = prepare.submit(_prepare_sync, settings, names)
-        from mirror.sync import Progress, SyncResult, sync_repos
-
+        gc.disable()  # as in mirror.entry: loading modules leaves nothing to collect
+        try:
+            from mirror.sync import Progress, SyncResult, sync_repos
+        finally:
+            gc.enable()
         store = opened.result()
     show = sys.stderr.isatty() and not args.no_progress
     progresses = {n: Progress(repo=n) for n in names}

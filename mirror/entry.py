@@ -1,0 +1,20 @@
+"""The `mirror` command's entry point (pyproject `[project.scripts]`).
+
+It loads the CLI with Python's cyclic garbage collector paused: loading modules allocates many
+objects and frees almost none, so the collections it triggers find nothing, and cost 5 to 10 ms
+of every command's start here. `mirror.cli.run` does the rest.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import NoReturn
+
+
+def run() -> NoReturn:
+    gc.disable()
+    try:
+        from mirror import cli
+    finally:
+        gc.enable()
+    cli.run()
