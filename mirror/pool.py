@@ -16,7 +16,9 @@ created on disk for bytes that do not match.
 Staged files stay in the temp folder, reachable through this `Pool`'s `path_for` (the sync reads
 its indices and checks its package signatures there), until `make_durable`: one syncfs makes
 their bytes durable, only then are they renamed to their final names, and a second syncfs makes
-the names durable; the state database records a blob as present only after that. So after a
+the names durable; the state database records a blob as present only after that. (While a sync
+still fetches, `write_ahead` flushes in the background; the files it covered are on disk, and
+`make_durable` names them while its first syncfs writes the rest.) So after a
 power loss at any point no name in the pool holds incomplete bytes (HOSTILE 57), without an
 fsync per file. A crash before the renames leaves only temp files, named by their digests: the
 next run of that repo re-hashes them and stages the whole ones (`salvage_stale_temp`,
@@ -38,6 +40,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,6 +73,8 @@ class Pool:
         #: Verified files waiting in a temp folder for `make_durable`: sha256 -> (temp file, final
         #: name, fan-out folder).
         self._staged: dict[str, tuple[str, str, str]] = {}
+        #: Temp files whose bytes a completed `write_ahead` flushed (all written before it began).
+        self._flushed: set[str] = set()
         #: Files a dead run of the same repo had staged (named by their sha256 in its temp folder),
         #: unverified since: sha256 -> path (`salvage_stale_temp`, `adopt_salvaged`).
         self._salvage: dict[str, str] = {}
@@ -340,31 +345,51 @@ class Pool:
     def make_durable(self) -> None:
         """Blocking: put every staged file into the pool, durably: a syncfs (their bytes), the
         renames to their final names, a syncfs (the names). A name that already exists (the
-        same content: a name is its digest) is replaced only by bytes already on disk."""
+        same content: a name is its digest) is replaced only by bytes already on disk.
+
+        Files a completed `write_ahead` flushed are on disk already: they are renamed while the
+        first syncfs writes the others, which are renamed after it."""
         self.prepare()
         batch = list(self._staged.items())  # what the first flush covers
-        self._flush()
+        early = [item for item in batch if item[1][0] in self._flushed]
+        if early:
+            with ThreadPoolExecutor(1, thread_name_prefix="mirror-flush") as flusher:
+                flushed = flusher.submit(self._flush)
+                try:
+                    self._name(early)
+                finally:
+                    flushed.result()
+        else:
+            self._flush()
         if not batch:
             return
+        self._name([item for item in batch if item[0] in self._staged])
+        self._flush()
+
+    def _name(self, items: list[tuple[str, tuple[str, str, str]]]) -> None:
+        """Rename staged files, whose bytes are on disk, to their final names."""
         final = ""
         try:
-            for digest, (name, final, directory) in batch:
+            for digest, (name, final, directory) in items:
                 self._replace(name, final, directory)
                 del self._staged[digest]
+                self._flushed.discard(name)
         except OSError as exc:
             raise storage_error(exc, final) from exc
-        self._flush()
 
     def write_ahead(self) -> None:
         """Blocking: have the disk write what is staged so far (one syncfs), while a sync still
         fetches (mirror.sync.fetch_all): `make_durable`'s own flush then has less left to wait
-        for. Nothing depends on it: durability still comes from `make_durable` alone, so a
-        failure here is only logged."""
+        for, and names these files meanwhile. A failure here is only logged: the files then wait
+        for `make_durable`'s flush, as the ones staged since."""
+        covered = [name for name, _final, _directory in list(self._staged.values())]  # all written
         try:
             self.prepare()
             self._flush()
         except OSError as exc:
             log.warning("pool %s: writing ahead failed (the commit flushes anyway): %s", self.root, exc)
+            return
+        self._flushed.update(covered)
 
     def _flush(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -154,3 +155,69 @@ def test_a_failed_write_ahead_is_only_logged(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(Pool, "_flush", broken)
     pool.write_ahead()
     assert "writing ahead failed" in caplog.text
+
+
+def _events_of_make_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                            ahead_fails: bool) -> tuple[list[tuple[str, str]], str, str, Pool]:
+    """Stage A, write ahead, stage B, make durable: flushes (start/end) and renames in order."""
+    pool = Pool(tmp_path / "storage")
+    tmp = pool.temp_dir("repo")
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    flush = Pool._flush
+    failing = [ahead_fails]
+
+    def recorded_flush(self: Pool) -> None:
+        with lock:
+            events.append(("flush-start", ""))
+        if failing[0]:
+            failing[0] = False
+            raise OSError(5, "Input/output error")
+        flush(self)
+        with lock:
+            events.append(("flush-end", ""))
+
+    replace = os.replace
+
+    def recorded_replace(src: str, dst: str) -> None:
+        replace(src, dst)
+        if "/pool/sha256/" in str(dst):
+            with lock:
+                events.append(("rename", Path(dst).name))
+
+    monkeypatch.setattr(Pool, "_flush", recorded_flush)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    digests = []
+    for data in (b"A" * 5000, b"B" * 7000):
+        digest = hashlib.sha256(data).hexdigest()
+        pool.store_whole(data, ExpectedFile(f"{digest}.deb", len(data), digest), str(tmp), "x")
+        digests.append(digest)
+        if len(digests) == 1:
+            pool.write_ahead()
+    pool.make_durable()
+    return events, digests[0], digests[1], pool
+
+
+@pytest.mark.parametrize("ahead_fails", [False, True], ids=["write-ahead-done", "write-ahead-failed"])
+def test_every_file_is_named_only_after_a_flush_that_began_after_it_was_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead_fails: bool) -> None:
+    """HOSTILE 57 with writing ahead: A (staged before the write-ahead) may be named while the
+    commit's first flush runs only if the write-ahead completed; B (staged after) only once
+    that first flush is over; a flush follows the last rename."""
+    events, a, b, pool = _events_of_make_durable(tmp_path, monkeypatch, ahead_fails=ahead_fails)
+    kinds = [k for k, _ in events]
+    renamed_at = {name: i for i, (k, name) in enumerate(events) if k == "rename"}
+    assert set(renamed_at) == {a, b}
+    ends = [i for i, k in enumerate(kinds) if k == "flush-end"]
+    starts = [i for i, k in enumerate(kinds) if k == "flush-start"]
+    # the make_durable flush is the second start; B waits for its end
+    commit_flush_end = next(i for i in ends if i > starts[1])
+    assert renamed_at[b] > commit_flush_end
+    if ahead_fails:
+        assert renamed_at[a] > commit_flush_end  # not flushed ahead: waits like B
+    else:
+        assert renamed_at[a] > ends[0] and ends[0] < starts[1]  # after the write-ahead's end
+    assert kinds[-1] == "flush-end" and starts[-1] > max(renamed_at.values())
+    assert pool.staged == 0
+    for digest in (a, b):
+        assert hashlib.sha256(pool.path_for(digest).read_bytes()).hexdigest() == digest
