@@ -329,3 +329,12 @@ def serve_in_thread(app: Any, policy: Any = None, host: str = "127.0.0.1") -> It
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(20)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

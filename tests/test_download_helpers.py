@@ -33,7 +33,7 @@ from mirror.model import ExpectedFile
 from mirror.pool import Pool
 from mirror.store import Store
 from mirror.sync import SyncResult, sync_repos
-from tests.helpers import Mirror, write_config
+from tests.helpers import Mirror, process_alive, write_config
 
 PACKAGES = 24
 
@@ -175,9 +175,9 @@ def test_helpers_exit_when_the_sync_is_killed(setup: Setup) -> None:
             proc.kill()
             proc.wait()
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(pid) for pid in children)
+        assert not any(process_alive(pid) for pid in children)
 
 
 def _children(pid: int) -> list[int]:
@@ -186,14 +186,6 @@ def _children(pid: int) -> list[int]:
         with open(task / "children") as f:
             found += [int(p) for p in f.read().split()]
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize("error", [

@@ -19,7 +19,7 @@ import pytest
 from fixtures.keys import SigningKey
 from mirror.pool import Pool
 from mirror.tiers import Tiers
-from tests.helpers import Mirror, Served, http, seed_snapshot, serve_both, write_config
+from tests.helpers import Mirror, Served, http, process_alive, seed_snapshot, serve_both, write_config
 from tests.test_serve_guard import closed_after, connect, connect_or_refused, read_response
 
 DEB_PATH = "pool/main/f/foo/foo_1.0-1_amd64.deb"
@@ -62,14 +62,6 @@ def _workers_of(served: Served, count: int, *, timeout: float = 10) -> set[int]:
         if len(pids) == count or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait(check: Callable[[], bool], timeout: float = 10) -> bool:
@@ -174,7 +166,7 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     # (connections handed to it in the instant before it died die with it, as in any server)
-    assert _wait(lambda: not _alive(victim))
+    assert _wait(lambda: not process_alive(victim))
     for _ in range(20):  # the other worker takes every connection meanwhile
         assert _get(served) == OLD
     assert _wait(lambda: len(after := _workers_of(served, 2, timeout=0)) == 2 and victim not in after)
@@ -189,7 +181,7 @@ def test_no_worker_outlives_the_main_process(tmp_path: Path, archive_key: Signin
         assert len(workers) == 3
         assert _get(served) == OLD
         os.kill(served.proc.pid, signal.SIGKILL)  # no chance to stop them: their stdin closes
-        assert _wait(lambda: not any(_alive(p) for p in workers)), workers
+        assert _wait(lambda: not any(process_alive(p) for p in workers)), workers
 
 
 def test_sigterm_stops_main_and_workers_gracefully(tmp_path: Path, archive_key: SigningKey) -> None:

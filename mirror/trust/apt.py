@@ -9,7 +9,6 @@ every package comes with the size and SHA256 its verified index gives it, at a c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import posixpath
@@ -110,18 +109,10 @@ class AptFormat:
                                                      root.files))
                 continue
             # Release + Release.gpg are checked while the indices are planned (gpg runs apart)
-            detached = asyncio.ensure_future(_add_detached_release(ctx, root)) \
-                if f"dists/{root.suite}/InRelease" in root.files else None
-            try:
-                wanted.extend(await self._plan_suite(ctx, root.suite, root.release))
-            except BaseException:
-                if detached is not None:
-                    detached.cancel()
-                    with contextlib.suppress(BaseException):
-                        await detached
-                raise
-            if detached is not None:
-                await detached
+            if f"dists/{root.suite}/InRelease" in root.files:
+                ctx.meanwhile(_add_detached_release(ctx, root))
+            wanted.extend(await self._plan_suite(ctx, root.suite, root.release))
+        await ctx.settle()  # the detached Release files join root.files before the sync stores them
         return wanted
 
     async def _plan_suite(self, ctx: SyncContext, suite: str, release: Release) -> list[Wanted]:

@@ -136,17 +136,9 @@ class RpmFormat:
                 updateinfo = (record, digest)
         if primary is None:
             raise MalformedMetadataError("repomd lists no primary record", repo=ctx.repo.name, path=REPOMD)
-        # the advisories are parsed beside primary, and, unless a filter needs them, the downloads
-        advisories = asyncio.ensure_future(_load_advisories(ctx, *updateinfo)) if updateinfo else None
-        try:
-            entries = await _parse_primary(ctx, *primary)
-        except BaseException:
-            if advisories is not None:
-                advisories.cancel()
-                await asyncio.gather(advisories, return_exceptions=True)
-            raise
-        if advisories is not None:
-            ctx.meanwhile(advisories)
+        if updateinfo is not None:  # parsed beside primary and, unless a filter needs it, the downloads
+            ctx.meanwhile(_load_advisories(ctx, *updateinfo))
+        entries = await _parse_primary(ctx, *primary)
         if ctx.repo.filtered:  # the mirror's own signed repodata replaces the upstream's
             from mirror.repodata import regenerate
 
