@@ -53,6 +53,7 @@ from mirror.releases import ReleaseIssuer
 from mirror.store import SnapshotDeletion, Store, SyncRunRecord, TierMove
 from mirror.tiers import UNSET, MoveResult, Tiers, TierView, Unset, parse_moment
 from mirror.tokens import ADMIN, PROMOTE, READ, Token, TokenRing
+from mirror.web.guard import MAX_HEADERS, MAX_LINE
 from mirror.web.openapi import openapi_document
 from mirror.web.repo import add_security_headers
 from mirror.web.syncs import BackgroundSyncs
@@ -173,6 +174,20 @@ def _json(data: Any, status: int = 200, *, ascii_only: bool = False) -> web.Resp
 
 
 # -- middlewares ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def head_limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request-head limits both ports keep (mirror.web.guard), answered as the API's JSON
+    errors: aiohttp lets heads up to MAX_HEAD through (its own refusal is a text/plain 400)."""
+    if len(request.raw_path) > MAX_LINE:
+        return error_response(414, "uri_too_long", f"request target over {MAX_LINE} bytes")
+    fields = request.raw_headers
+    if len(fields) > MAX_HEADERS:
+        return error_response(431, "header_fields_too_large", f"more than {MAX_HEADERS} header fields")
+    if any(len(name) > MAX_LINE or len(value) > MAX_LINE for name, value in fields):
+        return error_response(431, "header_fields_too_large", f"a header field over {MAX_LINE} bytes")
+    return await handler(request)
 
 
 @web.middleware
@@ -671,7 +686,8 @@ def make_api_app(settings: Settings, store: Store, *, tokens: TokenRing | None =
                  limiter: AuthLimiter | None = None,
                  releases: ReleaseIssuer | None = None) -> web.Application:
     """The api-port application. `store` is this app's own connection to the state database."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[head_limits_middleware, error_middleware, auth_middleware],
+                          client_max_size=MAX_BODY)
     app.on_response_prepare.append(_security_headers)
     app[SETTINGS] = settings
     app[STORE] = store

@@ -44,16 +44,13 @@ from typing import Final, cast
 
 import httptools
 
-from mirror.web.guard import ConnectionGuard, Deadline
+from mirror.web.guard import MAX_HEAD, MAX_HEADERS, MAX_LINE, ConnectionGuard, Deadline
 from mirror.web.repo import SECURITY_HEADERS, SMALL_FILE_MAX, Reply, RepoRequest, RepoResponder
 
 __all__ = ["MAX_PIPELINED", "RepoConnection", "RepoServer"]
 
 log = logging.getLogger(__name__)
 
-MAX_LINE: Final = 8190  # request line / one header field, as aiohttp's and nginx's defaults
-MAX_HEADERS: Final = 128
-MAX_HEAD: Final = 64 * 1024
 MAX_BODY: Final = 64 * 1024
 MAX_PIPELINED: Final = 32  # parsed requests waiting for their turn before reading pauses
 

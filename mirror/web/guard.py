@@ -59,6 +59,9 @@ __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS_PER_CLIENT",
+    "MAX_HEAD",
+    "MAX_HEADERS",
+    "MAX_LINE",
     "ConnectionGuard",
     "Deadline",
     "GuardPolicy",
@@ -73,8 +76,16 @@ DEFAULT_HEADER_TIMEOUT: Final = 10.0
 DEFAULT_IDLE_TIMEOUT: Final = 75.0
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT: Final = 64
 
-# aiohttp refuses heads with a line over 8190 bytes or more than 128 header fields itself; this is
-# only a backstop for the scanner's own buffer.
+# The limits of one request head on both ports (nginx's and aiohttp's defaults): the request target
+# (MAX_LINE bytes: 414), a header field's name or value (MAX_LINE: 431), the number of fields
+# (MAX_HEADERS: 431), the whole head (MAX_HEAD: 431). The repo port's connection enforces them as
+# it parses; the API lets aiohttp read heads up to MAX_HEAD and answers them in its own JSON
+# errors (mirror.web.api.head_limits_middleware).
+MAX_LINE: Final = 8190
+MAX_HEADERS: Final = 128
+MAX_HEAD: Final = 64 * 1024
+
+# only a backstop for the scanner's own buffer (aiohttp refuses longer lines itself)
 MAX_HEAD_BYTES: Final = 1024 * 1024 + 65536
 MAX_CHUNK_LINE: Final = 4096
 

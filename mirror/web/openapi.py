@@ -37,7 +37,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
             403: "the token's scope or tiers do not cover this call",
             404: "unknown repo, tier or snapshot",
             409: "conflict (tier moved, nothing to roll back, sync running, snapshot in use)",
-            413: "body too large", 415: "the body must be JSON (Content-Type: application/json)",
+            413: "body too large", 414: "request target over 8190 bytes",
+            431: "a header field over 8190 bytes, or more than 128 of them",
+            415: "the body must be JSON (Content-Type: application/json)",
             422: "refused by the tier policy (force to override)", 429: "too many failed authentications",
             501: "not implemented yet"}
     return {str(s): _error(text[s]) for s in statuses}
@@ -45,6 +47,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _READ_ERRORS = (401, 429)
 _WRITE_ERRORS = (400, 401, 403, 413, 415, 429)
+_HEAD_ERRORS = (414, 431)
 
 
 def _repo_schema(repos: Sequence[str]) -> dict[str, Any]:
@@ -436,6 +439,8 @@ def openapi_document(tiers: Sequence[str], repos: Sequence[str] = (), *,
             "responses": {"200": _json_response("healthy", _ref("Health")),
                           "503": _json_response("unhealthy", _ref("Health"))}}},
     }
+    for operation in (op for item in paths.values() for op in item.values()):
+        operation["responses"].update(_errors(*_HEAD_ERRORS))  # any request's head (mirror.web.guard)
     return {
         "openapi": "3.0.3",
         "info": {"title": "mirror management API", "version": __version__,

@@ -47,7 +47,13 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from aiohttp import web
 
 from mirror.model import REPO_NAME_RE, SHA256_RE, SNAPSHOT_ID_RE, ManifestEntry
-from mirror.web.guard import DEFAULT_IDLE_TIMEOUT, ConnectionGuard, GuardPolicy, start_guarded_server
+from mirror.web.guard import (
+    DEFAULT_IDLE_TIMEOUT,
+    MAX_HEAD,
+    ConnectionGuard,
+    GuardPolicy,
+    start_guarded_server,
+)
 from mirror.web.workers import RepoWorkers
 
 __all__ = [
@@ -605,9 +611,13 @@ async def run_servers(
                 repo_servers.append(repo_server)
                 listener = await repo_server.listen(host, port)
             else:
+                # heads up to MAX_HEAD reach the application, which answers the limits on a line,
+                # a field and their number in its own terms (the API: JSON errors it documents)
                 runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                        shutdown_timeout=shutdown_timeout,
-                                       keepalive_timeout=guard.policy.idle_timeout)
+                                       keepalive_timeout=guard.policy.idle_timeout,
+                                       max_line_size=MAX_HEAD, max_field_size=MAX_HEAD,
+                                       max_headers=MAX_HEAD // 64)
                 await runner.setup()
                 runners.append(runner)
                 listener = await start_guarded_server(runner, guard, host, port)
