@@ -17,8 +17,9 @@ Staged files stay in the temp folder, reachable through this `Pool`'s `path_for`
 its indices and checks its package signatures there), until `make_durable`: one syncfs makes
 their bytes durable, only then are they renamed to their final names, and a second syncfs makes
 the names durable; the state database records a blob as present only after that. (While a sync
-still fetches, `write_ahead` flushes in the background; the files it covered are on disk, and
-`make_durable` names them while its first syncfs writes the rest.) So after a
+still fetches, `write_ahead` flushes in the background; the files it covered are on disk: the
+packages nothing reads again are renamed right then, beside the downloads, and `make_durable`
+names the others while its first syncfs writes the rest.) So after a
 power loss at any point no name in the pool holds incomplete bytes (HOSTILE 57), without an
 fsync per file. A crash before the renames leaves only temp files, named by their digests: the
 next run of that repo re-hashes them and stages the whole ones (`salvage_stale_temp`,
@@ -39,7 +40,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -377,19 +378,29 @@ class Pool:
         except OSError as exc:
             raise storage_error(exc, final) from exc
 
-    def write_ahead(self) -> None:
+    def write_ahead(self, name: Collection[str] = ()) -> None:
         """Blocking: have the disk write what is staged so far (one syncfs), while a sync still
         fetches (mirror.sync.fetch_all): `make_durable`'s own flush then has less left to wait
-        for, and names these files meanwhile. A failure here is only logged: the files then wait
-        for `make_durable`'s flush, as the ones staged since."""
-        covered = [name for name, _final, _directory in list(self._staged.values())]  # all written
+        for. The files of `name` (digests) it covered are then renamed to their final names at
+        once, beside the downloads, their bytes being on disk: the caller's word that nothing
+        reads them by their temp name any more (`path_for` gives the final name from then on).
+        The other files it covered are renamed by `make_durable` while its first syncfs writes
+        the rest. A failure here is only logged: the files then wait for `make_durable`, as the
+        ones staged since."""
+        covered = {digest: staged[0] for digest, staged in list(self._staged.items())}  # all written
         try:
             self.prepare()
             self._flush()
         except OSError as exc:
             log.warning("pool %s: writing ahead failed (the commit flushes anyway): %s", self.root, exc)
             return
-        self._flushed.update(covered)
+        self._flushed.update(covered.values())
+        early = [(digest, staged) for digest, staged in list(self._staged.items())
+                 if digest in name and covered.get(digest) == staged[0]]
+        try:
+            self._name(early)
+        except StorageError as exc:
+            log.warning("pool %s: naming files ahead failed (the commit names them): %s", self.root, exc)
 
     def _flush(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)

@@ -105,6 +105,11 @@ class SyncContext:
     #: Set by a format that checks files as they land (RPM package signatures): `fetch_all` calls it,
     #: on the event loop, once for each file of its list as soon as the bytes are in the pool.
     on_present: Callable[[ExpectedFile], None] | None = None
+    #: Set by a format that reads the fetched packages again by their pool path while the sync
+    #: runs (RPM package signatures): they then keep their temp names until the commit; otherwise
+    #: the packages a background flush covered are moved to their final names beside the downloads
+    #: (`Pool.write_ahead`).
+    reads_packages: bool = False
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the sync ends
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
     notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
@@ -483,7 +488,7 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
                 failures.append(exc)
             else:
                 present(item)
-                ahead.fetched(item.size)
+                ahead.fetched(item.size, item.sha256)
 
     queued = ctx.helpers.queue_capacity if ctx.helpers is not None else 0
     workers = min(len(unique), ctx.settings.sync.max_parallel_downloads * 2 + queued) or 1
@@ -510,7 +515,10 @@ WRITE_AHEAD_MAX = 1024 * 1024 * 1024
 
 class _WriteAhead:
     """Starts `Pool.write_ahead` as a sync's fetched bytes pass each step (one at a time); the
-    sync waits for it before its commit (`SyncContext.meanwhile`)."""
+    sync waits for it before its commit (`SyncContext.meanwhile`). The packages fetched so far are
+    moved to their final names once it has flushed them, unless the format reads them again
+    (`SyncContext.reads_packages`): the commit then has only the later ones to rename (on the
+    benchmark, 25 ms less of commit for 10 ms more of fetching)."""
 
     def __init__(self, ctx: SyncContext, total: int) -> None:
         self.ctx = ctx
@@ -518,15 +526,19 @@ class _WriteAhead:
             min(max(int(total * WRITE_AHEAD_SHARE), WRITE_AHEAD_MIN), WRITE_AHEAD_MAX)
         self.done = self.mark = 0
         self.running: asyncio.Future[None] | None = None
+        self.unread: set[str] = set()  # digests fetched, read by nothing more
 
-    def fetched(self, size: int) -> None:
+    def fetched(self, size: int, digest: str | None = None) -> None:
         self.done += size
+        if digest is not None and not self.ctx.reads_packages:
+            self.unread.add(digest)
         if not self.step or self.done - self.mark < self.step:
             return
         if self.running is not None and not self.running.done():
             return  # the next step starts once this one is over
         self.mark = self.done
-        self.running = asyncio.ensure_future(asyncio.to_thread(self.ctx.pool.write_ahead))
+        unread, self.unread = self.unread, set()
+        self.running = asyncio.ensure_future(asyncio.to_thread(self.ctx.pool.write_ahead, unread))
         self.ctx.meanwhile(self.running)
 
 

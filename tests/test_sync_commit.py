@@ -9,6 +9,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,10 @@ def test_a_failed_pool_flush_records_nothing(tmp_path: Path, monkeypatch: pytest
 class _Ctx:
     """What `_WriteAhead` uses of a SyncContext."""
 
-    def __init__(self, pool: object) -> None:
+    def __init__(self, pool: object, *, reads_packages: bool = False) -> None:
         self.pool = pool
         self.background: list[object] = []
+        self.reads_packages = reads_packages
 
     def meanwhile(self, work: object) -> None:
         self.background.append(work)
@@ -91,10 +93,28 @@ class _Pool:
     def __init__(self) -> None:
         self.flushes = 0
         self.release = threading.Event()
+        self.named: list[set[str]] = []
 
-    def write_ahead(self) -> None:
+    def write_ahead(self, name: Collection[str] = ()) -> None:
         self.flushes += 1
+        self.named.append(set(name))
         self.release.wait(10)
+
+
+@pytest.mark.parametrize("reads_packages", [False, True])
+def test_write_ahead_names_the_files_fetched_before_it_unless_the_format_reads_them(
+        reads_packages: bool) -> None:
+    async def go() -> list[set[str]]:
+        pool = _Pool()
+        pool.release.set()
+        ahead = _WriteAhead(_Ctx(pool, reads_packages=reads_packages), 200 * MB)  # type: ignore[arg-type]
+        for i in range(200):
+            ahead.fetched(MB, f"{i:064x}")
+            await asyncio.sleep(0)
+        return pool.named
+
+    named = asyncio.run(go())
+    assert named == [set() if reads_packages else {f"{i:064x}" for i in range(140)}]
 
 
 def test_write_ahead_flushes_once_a_share_of_the_fetch_is_staged() -> None:
@@ -157,9 +177,31 @@ def test_a_failed_write_ahead_is_only_logged(tmp_path: Path, monkeypatch: pytest
     assert "writing ahead failed" in caplog.text
 
 
-def _events_of_make_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                            ahead_fails: bool) -> tuple[list[tuple[str, str]], str, str, Pool]:
-    """Stage A, write ahead, stage B, make durable: flushes (start/end) and renames in order."""
+def test_a_failed_rename_ahead_is_only_logged_and_left_to_the_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    pool = Pool(tmp_path / "storage")
+    tmp = pool.temp_dir("repo")
+    data = b"A" * 5000
+    digest = hashlib.sha256(data).hexdigest()
+    pool.store_whole(data, ExpectedFile("a.deb", len(data), digest), str(tmp), "a.deb")
+    replace = os.replace
+
+    def broken(src: str, dst: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", broken)
+    pool.write_ahead({digest})
+    assert "naming files ahead failed" in caplog.text
+    assert pool.staged == 1 and pool.path_for(digest).parent == tmp
+    monkeypatch.setattr(os, "replace", replace)
+    pool.make_durable()
+    assert pool.staged == 0 and pool.path_for(digest).read_bytes() == data
+
+
+def _events_of_make_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, ahead_fails: bool,
+                            name_early: bool = False) -> tuple[list[tuple[str, str]], str, str, Pool]:
+    """Stage A, write ahead (naming A at once if `name_early`), stage B, make durable: flushes
+    (start/end) and renames in order."""
     pool = Pool(tmp_path / "storage")
     tmp = pool.temp_dir("repo")
     events: list[tuple[str, str]] = []
@@ -193,18 +235,24 @@ def _events_of_make_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
         pool.store_whole(data, ExpectedFile(f"{digest}.deb", len(data), digest), str(tmp), "x")
         digests.append(digest)
         if len(digests) == 1:
-            pool.write_ahead()
+            pool.write_ahead({digest} if name_early else ())
+            if name_early and not ahead_fails:
+                assert pool.path_for(digest) == pool.root / digest[:2] / digest  # renamed already
+                assert pool.path_for(digest).read_bytes() == data
     pool.make_durable()
     return events, digests[0], digests[1], pool
 
 
+@pytest.mark.parametrize("name_early", [False, True], ids=["named-at-commit", "named-by-write-ahead"])
 @pytest.mark.parametrize("ahead_fails", [False, True], ids=["write-ahead-done", "write-ahead-failed"])
 def test_every_file_is_named_only_after_a_flush_that_began_after_it_was_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead_fails: bool) -> None:
-    """HOSTILE 57 with writing ahead: A (staged before the write-ahead) may be named while the
-    commit's first flush runs only if the write-ahead completed; B (staged after) only once
-    that first flush is over; a flush follows the last rename."""
-    events, a, b, pool = _events_of_make_durable(tmp_path, monkeypatch, ahead_fails=ahead_fails)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead_fails: bool, name_early: bool) -> None:
+    """HOSTILE 57 with writing ahead: A (staged before the write-ahead) may be named once the
+    write-ahead's flush is over (by the write-ahead itself, or while the commit's first flush
+    runs) only if that flush completed; B (staged after) only once the commit's first flush is
+    over; a flush follows the last rename."""
+    events, a, b, pool = _events_of_make_durable(tmp_path, monkeypatch, ahead_fails=ahead_fails,
+                                                 name_early=name_early)
     kinds = [k for k, _ in events]
     renamed_at = {name: i for i, (k, name) in enumerate(events) if k == "rename"}
     assert set(renamed_at) == {a, b}
@@ -217,6 +265,8 @@ def test_every_file_is_named_only_after_a_flush_that_began_after_it_was_written(
         assert renamed_at[a] > commit_flush_end  # not flushed ahead: waits like B
     else:
         assert renamed_at[a] > ends[0] and ends[0] < starts[1]  # after the write-ahead's end
+        if name_early:
+            assert renamed_at[a] < starts[1]  # before the commit's flush even began
     assert kinds[-1] == "flush-end" and starts[-1] > max(renamed_at.values())
     assert pool.staged == 0
     for digest in (a, b):

@@ -115,6 +115,7 @@ class RpmFormat:
                 checks.submit(expected.path, expected.sha256)
 
         ctx.on_present = present
+        ctx.reads_packages = True  # the checks read them by their staged names
         return checks
 
     async def plan(self, ctx: SyncContext, roots: Sequence[VerifiedRoot]) -> list[Wanted]:
