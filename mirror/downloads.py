@@ -7,8 +7,9 @@ that hash and write lose more to handing the interpreter lock back and forth tha
 the same program, each with its own event loop and HTTP client, taking jobs over a private
 socketpair. A helper does exactly what the sync's own process does for a file
 (`fetch_into_pool`): fetches it with the one retry policy, checks its size and digests against
-the verified metadata the job carries, writes it to the sync's temp folder, and answers with its
-sha256 and temp file. The sync's `Pool` stages that file (`Pool.adopt_staged`), so the commit,
+the verified metadata the job carries, writes it to the sync's temp folder, runs the RPM
+signature check on its bytes when the job asks for it, and answers with its sha256, temp file
+and that check's verdict. The sync's `Pool` stages that file (`Pool.adopt_staged`), so the commit,
 its durability and a failed run's salvage are the same whichever process fetched a file. An
 error comes back as the `MirrorError` it was (pickled whole), naming the file and the check.
 
@@ -47,21 +48,30 @@ _HEAD = struct.Struct("!I")
 STOP_GRACE = 10.0  # seconds a helper has to exit once its sync is done
 
 
+#: A check of a package's bytes as they land (mirror.trust.rpmpackage.InProcessCheck.check_data):
+#: None when it accepts them, else why not.
+LandingCheck = Callable[[bytes], "str | None"]
+
+
 async def fetch_into_pool(fetcher: Fetcher, pool: Pool, expected: ExpectedFile, url: str, tmp: Path,
-                          slot: asyncio.Semaphore | None = None) -> str:
+                          slot: asyncio.Semaphore | None = None, *,
+                          check: LandingCheck | None = None) -> tuple[str, bool]:
     """Fetch `url` (retried as the policy says), check it against `expected` and stage it in
-    `pool`; its sha256. `slot` bounds the transfers in flight (held per attempt, not while
-    waiting to retry)."""
+    `pool`: (its sha256, whether `check` accepted its bytes). `check` runs on a file received
+    whole, once it is staged, while its bytes are still in memory (a streamed one is not
+    checked here). `slot` bounds the transfers in flight (held per attempt, not while waiting to
+    retry)."""
     what = expected.path
     slot = slot or asyncio.Semaphore(1)
 
-    async def attempt() -> str:
+    async def attempt() -> tuple[str, bool]:
         if expected.size <= INLINE_MAX:  # most packages: received whole, then stored in one go
             async with slot:
                 data, size = await fetcher.fetch_capped(url, expected.size)
-            return pool.store_received(data, size, expected, tmp, what=what, url=url)
+            digest = pool.store_received(data, size, expected, tmp, what=what, url=url)
+            return digest, check is not None and check(data) is None
         async with slot, fetcher.open_stream(url) as (_length, chunks):
-            return await pool.ingest(chunks, expected, tmp, what=what, url=url)
+            return await pool.ingest(chunks, expected, tmp, what=what, url=url), False
 
     return await with_retries(attempt, fetcher.policy)
 
@@ -91,7 +101,8 @@ class _Helper:
     queued: int = 0  # jobs sent and not yet answered
     alive: bool = True
     outbox: _Outbox | None = None
-    jobs: dict[int, tuple[asyncio.Future[tuple[Any, Any] | None], Pool | None]] = field(default_factory=dict)
+    jobs: dict[int, tuple[asyncio.Future[tuple[Any, Any, Any] | None], Pool | None]] = \
+        field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
     attached: asyncio.Task[None] | None = None
 
@@ -105,7 +116,8 @@ class Helpers:
         self._queue = 2 * slots  # jobs sent to a helper at most: it never waits for the next one
         self._ids = 0
         self.done = 0  # files helpers fetched (for tests and the log)
-        self.checked = 0  # packages whose signatures helpers checked
+        self.checked = 0  # packages whose signatures helpers checked in batches (`check_signatures`)
+        self.landed = 0  # packages whose signatures helpers accepted as they landed (`fetch`)
         self._users = 0
         self._closing: asyncio.Future[None] | None = None
 
@@ -147,19 +159,23 @@ class Helpers:
         """Jobs all helpers hold at most (running or waiting for a transfer slot)."""
         return self._queue * len(self._helpers)
 
-    async def fetch(self, url: str, expected: ExpectedFile, tmp: Path, pool: Pool) -> str | None:
-        """Have a helper with room in its queue fetch `url` into `pool` (staged there): its sha256;
+    async def fetch(self, url: str, expected: ExpectedFile, tmp: Path, pool: Pool,
+                    check: tuple[str, tuple[str, ...]] | None = None) -> tuple[str, bool] | None:
+        """Have a helper with room in its queue fetch `url` into `pool` (staged there), and, with
+        `check` (a certificates file and the pinned fingerprints), check its RPM signature in
+        process as it lands (`fetch_into_pool`): (its sha256, whether the check accepted it);
         None when no helper has room or the helper died (the caller fetches it itself)."""
         helper = next((h for h in self._helpers if h.alive and h.queued < self._queue), None)
         if helper is None:
             return None
-        result = await self._ask(helper, pool, "fetch", url, expected, str(tmp), str(pool.tmp.parent))
+        result = await self._ask(helper, pool, "fetch", url, expected, str(tmp), str(pool.tmp.parent), check)
         if result is None:
             return None
-        digest, name = str(result[0]), str(result[1])
+        digest, name, verified = str(result[0]), str(result[1]), bool(result[2])
         pool.adopt_staged(digest, name)
         self.done += 1
-        return digest
+        self.landed += verified
+        return digest, verified
 
     async def check_signatures(self, files: Sequence[Path], keys: Path,
                                pinned: Iterable[str]) -> list[int] | None:
@@ -179,7 +195,8 @@ class Helpers:
         self.checked += len(files)
         return [int(i) for i in result[1]]
 
-    async def _ask(self, helper: _Helper, pool: Pool | None, kind: str, *job: Any) -> tuple[Any, Any] | None:
+    async def _ask(self, helper: _Helper, pool: Pool | None, kind: str,
+                   *job: Any) -> tuple[Any, Any, Any] | None:
         """Send `helper` one job and wait for its answer; None when the helper is gone."""
         helper.queued += 1
         try:
@@ -189,7 +206,7 @@ class Helpers:
             if not helper.alive or helper.outbox is None:
                 return None
             self._ids += 1
-            answer: asyncio.Future[tuple[Any, Any] | None] = asyncio.get_running_loop().create_future()
+            answer: asyncio.Future[tuple[Any, Any, Any] | None] = asyncio.get_running_loop().create_future()
             helper.jobs[self._ids] = (answer, pool)
             helper.outbox.put((kind, self._ids, *job))
             return await answer
@@ -204,7 +221,7 @@ class Helpers:
     async def _read(self, helper: _Helper, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                for job, digest, outcome in pickle.loads(await _read_frame(reader)):
+                for job, digest, outcome, verified in pickle.loads(await _read_frame(reader)):
                     answer, pool = helper.jobs.pop(job)
                     if answer.done():  # its sync stopped waiting: still stage what was verified
                         if pool is not None and digest is not None and outcome is not None:
@@ -212,7 +229,7 @@ class Helpers:
                     elif isinstance(outcome, MirrorError):
                         answer.set_exception(outcome)
                     else:
-                        answer.set_result(None if outcome is None else (digest, outcome))
+                        answer.set_result(None if outcome is None else (digest, outcome, verified))
         except (asyncio.IncompleteReadError, OSError, pickle.UnpicklingError, KeyError):
             pass  # it exited (or broke its side of the protocol: treated the same)
         helper.alive = False
@@ -330,38 +347,57 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
     tasks: set[asyncio.Task[None]] = set()
     checks: dict[tuple[str, tuple[str, ...]], Any] = {}  # (keys file, pinned) -> InProcessCheck
 
-    async def run(job: int, url: str, expected: ExpectedFile, tmp: str, root: str) -> None:
-        answer: tuple[int, str | None, object]
+    def checker(keys: str, pinned: tuple[str, ...]) -> Any:
+        """The InProcessCheck for these certificates (made once they exist), None if unusable."""
+        if (keys, pinned) not in checks:
+            if not os.path.exists(keys):  # the sync's verifier is still being built
+                return None
+            try:
+                from mirror.trust.rpmpackage import InProcessCheck
+
+                made = InProcessCheck(Path(keys).read_bytes(), pinned)
+                checks[(keys, pinned)] = made if made.usable else None
+            except Exception as exc:  # the certificates unreadable: rpmkeys checks them all
+                log.warning("download helper: in-process signature check unavailable: %s", exc)
+                checks[(keys, pinned)] = None
+        return checks[(keys, pinned)]
+
+    def landed(check_with: tuple[str, tuple[str, ...]]) -> LandingCheck:
+        def check(data: bytes) -> str | None:  # when the bytes land: the certificates may exist by then
+            made = checker(*check_with)
+            if made is None:
+                return "no certificates yet"
+            verdict: str | None = made.check_data(data)
+            return verdict
+
+        return check
+
+    async def run(job: int, url: str, expected: ExpectedFile, tmp: str, root: str,
+                  check_with: tuple[str, tuple[str, ...]] | None) -> None:
+        answer: tuple[int, str | None, object, bool]
         try:
             pool = pools.get(tmp)
             if pool is None:
                 pool = pools[tmp] = Pool(Path(root))
-            digest = await fetch_into_pool(fetcher, pool, expected, url, Path(tmp), slot)
+            digest, verified = await fetch_into_pool(fetcher, pool, expected, url, Path(tmp), slot,
+                                                     check=landed(check_with) if check_with else None)
             try:
-                answer = (job, digest, pool.unstage(digest))
+                answer = (job, digest, pool.unstage(digest), verified)
             except KeyError:  # staged by another job of this helper: let the sync fetch it
-                answer = (job, None, None)
+                answer = (job, None, None, False)
         except MirrorError as exc:
-            answer = (job, None, exc)
+            answer = (job, None, exc, False)
         except Exception as exc:
-            answer = (job, None, MirrorError(f"download helper failed: {type(exc).__name__}: {exc}"))
+            answer = (job, None, MirrorError(f"download helper failed: {type(exc).__name__}: {exc}"), False)
         outbox.put(answer)
 
     def check(job: int, files: list[str], keys: str, pinned: tuple[str, ...]) -> None:
         """Runs on the loop, blocking it (a batch takes milliseconds): no thread to hand the
         interpreter lock to and from."""
-        declined = list(range(len(files)))
-        try:
-            checker = checks.get((keys, pinned))
-            if checker is None:
-                from mirror.trust.rpmpackage import InProcessCheck
-
-                checker = checks[(keys, pinned)] = InProcessCheck(Path(keys).read_bytes(), pinned)
-            if checker.usable:
-                declined = [i for i, f in enumerate(files) if checker.check(Path(f)) is not None]
-        except Exception as exc:  # the certificates unreadable: rpmkeys checks them all
-            log.warning("download helper: in-process signature check unavailable: %s", exc)
-        outbox.put((job, None, declined))
+        landing = checker(keys, pinned)
+        declined = list(range(len(files))) if landing is None else \
+            [i for i, f in enumerate(files) if landing.check(Path(f)) is not None]
+        outbox.put((job, None, declined, False))
 
     done: Callable[[asyncio.Task[None]], None] = tasks.discard
     async with Fetcher(policy) as fetcher:

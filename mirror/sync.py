@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from mirror.config import RepoSettings, Settings
-from mirror.downloads import Helpers, fetch_into_pool, fetch_policy
+from mirror.downloads import Helpers, LandingCheck, fetch_into_pool, fetch_policy
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
@@ -110,6 +110,12 @@ class SyncContext:
     #: the packages a background flush covered are moved to their final names beside the downloads
     #: (`Pool.write_ahead`).
     reads_packages: bool = False
+    #: Set by a format that checks each package's RPM signature as its bytes land: what a download
+    #: helper needs for it (the certificates file, once it exists, and the pinned fingerprints),
+    #: and, once the verifier is ready, the check this process runs (`_check_landed`).
+    landing_check_with: tuple[str, tuple[str, ...]] | None = None
+    landing_check: LandingCheck | None = None
+    landed: set[str] = field(default_factory=set)  # digests a landing check accepted
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the sync ends
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
     notes: list[str] = field(default_factory=list)  # overrides used: the successful run's message
@@ -157,17 +163,27 @@ class SyncContext:
                 and await asyncio.to_thread(self.pool.adopt_salvaged, expected):
             return digest  # verified and staged by a run that died, re-hashed now
         url = self.url(expected.fetch_path or expected.path)
+        check_with = self.landing_check_with if expected.kind is EntryKind.PACKAGE else None
+        check = self._check_landed if check_with is not None else None
         try:
             fetched = None
             if known_absent and self.helpers is not None:
-                fetched = await self.helpers.fetch(url, expected, self.tmp, self.pool)
-            digest = fetched or await fetch_into_pool(self.fetcher, self.pool, expected, url, self.tmp,
-                                                    self.semaphore)
+                fetched = await self.helpers.fetch(url, expected, self.tmp, self.pool, check_with)
+            digest, accepted = fetched or await fetch_into_pool(self.fetcher, self.pool, expected, url,
+                                                                self.tmp, self.semaphore, check=check)
         except MirrorError as exc:
             raise exc.with_context(repo=self.repo.name, path=expected.path) from None
+        if accepted:
+            self.landed.add(digest)
         if expected.kind is EntryKind.PACKAGE:  # the totals count packages (indices are few and small)
             self.progress.update(files=1, size=expected.size)
         return digest
+
+
+    def _check_landed(self, data: bytes) -> str | None:
+        """The landing check of a package's bytes, if the verifier is ready by the time they land."""
+        check = self.landing_check
+        return "the verifier was not ready yet" if check is None else check(data)
 
 
 class RepoFormat(Protocol):

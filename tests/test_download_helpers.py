@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -287,34 +289,55 @@ def _rpm_helpers(root: Path, keyring: Path) -> Helpers:
     return forked
 
 
-def _rpm_sync_with_helpers(root: Path, upstream: RpmRepo,
-                           keyring: Path) -> tuple[SyncResult, Helpers, Mirror]:
+def _rpm_sync_with_helpers(root: Path, upstream: RpmRepo, keyring: Path, *,
+                           delay_packages: float = 0.0) -> tuple[SyncResult, Helpers, Mirror]:
     helpers = _rpm_helpers(root, keyring)
     try:
         with UpstreamServer(upstream.root) as server:
+            if delay_packages:
+                server.faults["*.rpm"] = Fault(delay=delay_packages)
             mirror = write_config(root, server.url, keyring, kind="rpm")
             return _sync(mirror, helpers), helpers, mirror
     finally:
         helpers.stop()
 
 
+def _signature_counts(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """(accepted as they landed, checked after) from the sync's debug line."""
+    (line,) = [r.getMessage() for r in caplog.records if "accepted as they landed" in r.getMessage()]
+    found = re.search(r"(\d+) accepted as they landed, (\d+) checked after", line)
+    assert found is not None, line
+    return int(found[1]), int(found[2])
+
+
+@pytest.mark.parametrize("landing", [False, True], ids=["rpmdb-being-built", "packages-land-later"])
 def test_helpers_check_rpm_signatures_and_rpmkeys_names_the_bad_one(
-        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
-    result, helpers, mirror = _rpm_sync_with_helpers(tmp_path / "mirror", *rpm_upstream)
+        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path], caplog: pytest.LogCaptureFixture,
+        landing: bool) -> None:
+    """Each package is checked once in process: as it lands (in the process that fetched it)
+    once the verifier is ready, else in a helper's batch; rpmkeys judges the one declined."""
+    caplog.set_level(logging.DEBUG, logger="mirror.trust.rpm")
+    result, helpers, mirror = _rpm_sync_with_helpers(tmp_path / "mirror", *rpm_upstream,
+                                                     delay_packages=1.0 if landing else 0.0)
     assert not result.ok and isinstance(result.error, errors.SignatureError)
     assert "intruder" in str(result.error) and "not one of this repo's keys" in str(result.error)
-    assert helpers.checked == 7  # each package once, in a helper; rpmkeys then judged the one declined
+    landed, after = _signature_counts(caplog)
+    assert landed + after == 7 and helpers.checked == after
+    if landing:  # the verifier was ready before any package landed: only the intruder is left
+        assert (landed, after) == (6, 1) and helpers.landed >= 1
     assert mirror.snapshots() == []
 
 
 def test_helpers_checked_signatures_make_a_snapshot_and_are_remembered(
-        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path]) -> None:
+        tmp_path: Path, rpm_upstream: tuple[RpmRepo, Path], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="mirror.trust.rpm")
     upstream, keyring = rpm_upstream
     upstream.remove("intruder")
     upstream.publish(revision="1002", timestamp=1_700_001_002)
     result, helpers, mirror = _rpm_sync_with_helpers(tmp_path / "mirror", upstream, keyring)
     assert result.ok, result.error
-    assert helpers.checked == 6
+    landed, after = _signature_counts(caplog)
+    assert landed + after == 6 and helpers.checked == after
     (proven,) = (mirror.settings.storage.root / "rpmdb").glob("*/verified-packages")
     assert len(proven.read_text().split()) == 6
 

@@ -405,7 +405,9 @@ def _accepted_only_what_rpmkeys_accepts(world: World, data: st.DataObject, inclu
     with tempfile.NamedTemporaryFile(dir=world.root, suffix=".rpm") as f:
         path = Path(f.name)
         path.write_bytes(mutated)
-        if world.fast.check(path) is not None:
+        verdict = world.fast.check(path)
+        assert (world.fast.check_data(mutated) is None) == (verdict is None)  # as a download lands
+        if verdict is not None:
             event("declined in process")
             return
         if mutated == world.good:
@@ -450,6 +452,7 @@ def test_signed_or_digested_bytes_mutated_are_always_declined(world: World, data
         path = Path(f.name)
         path.write_bytes(mutated)
         assert world.fast.check(path) is not None
+        assert world.fast.check_data(mutated) is not None
 
 
 # -- 4. keys ------------------------------------------------------------------------------------------

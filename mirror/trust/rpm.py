@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from mirror.formats.updateinfo import load_updateinfo
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained
 from mirror.sync import SyncContext, VerifiedRoot, Wanted, in_order
-from mirror.trust.rpmsig import PackageVerifier, SignatureChecks, database_path
+from mirror.trust.rpmsig import PackageVerifier, SignatureChecks, database_path, keys_path
+
+log = logging.getLogger(__name__)
 
 REPOMD = "repodata/repomd.xml"
 PROVEN = "verified-packages"
@@ -96,6 +99,8 @@ class RpmFormat:
         for w in {w.expected.sha256: w for w in wanted}.values():
             checks.submit(w.expected.path, w.expected.sha256)
         problems = await checks.finish()
+        log.debug("%s: package signatures: %d accepted as they landed, %d checked after", ctx.repo.name,
+                  checks.landed, len(checks.checked) - checks.landed)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise SignatureError(f"package signature check failed: {problems[0]}{more}", repo=ctx.repo.name)
@@ -110,9 +115,21 @@ class RpmFormat:
         checks = self._signatures = SignatureChecks(verifier, proven, ctx.pool.path_for, helpers=ctx.helpers)
         ctx.on_close.append(checks.aclose)
 
+        # Each package is checked where it lands, while its bytes are in memory (in this process or
+        # a download helper), once the verifier (or, in a helper, its certificates file) is ready;
+        # only what that check did not accept is queued.
+        ctx.landing_check_with = (str(keys_path(ctx.keyring, root)), tuple(sorted(ctx.keyring.pinned)))
+
+        def ready(done: asyncio.Future[PackageVerifier]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result().fast is not None:
+                ctx.landing_check = done.result().fast.check_data  # type: ignore[union-attr]
+            # (a verifier that failed: `finish` raises its error)
+
+        verifier.add_done_callback(ready)
+
         def present(expected: ExpectedFile) -> None:
             if expected.kind is EntryKind.PACKAGE:
-                checks.submit(expected.path, expected.sha256)
+                checks.submit(expected.path, expected.sha256, landed=expected.sha256 in ctx.landed)
 
         ctx.on_present = present
         ctx.reads_packages = True  # the checks read them by their staged names

@@ -5,7 +5,8 @@ repo's pinned keys, with `_pkgverify_level signature` so that an unsigned packag
 default passes it). The database is built once per key set, atomically, under the storage root.
 A package that verified once for a key set is remembered by digest, so a resync never re-checks
 what it already proved. `SignatureChecks` runs the checks in batches while the downloads still
-run, each batch one rpmkeys process started from the event loop.
+run, each batch one rpmkeys process started from the event loop; a package the in-process check
+accepted as it landed (`mirror.downloads.fetch_into_pool`) is only counted there.
 """
 
 from __future__ import annotations
@@ -54,13 +55,18 @@ def database_path(keyring: Keyring, root: Path) -> Path:
     return root / keyset_id(keyring)
 
 
+def keys_path(keyring: Keyring, root: Path) -> Path:
+    """The pinned keys `PackageVerifier(keyring, root)` exported (they exist once it is built)."""
+    return database_path(keyring, root) / "keys.asc"
+
+
 class PackageVerifier:
     def __init__(self, keyring: Keyring, root: Path) -> None:
         self.keyring = keyring
         self.keyset = keyset_id(keyring)
         self.dbpath = database_path(keyring, root)
         self._build(root)
-        self.keys_file = self.dbpath / "keys.asc"  # the pinned keys, exported (rpmkeys imported them)
+        self.keys_file = keys_path(keyring, root)  # the pinned keys, exported (rpmkeys imported them)
         self.fast = self._fast_check()
 
     def _fast_check(self) -> InProcessCheck | None:
@@ -197,6 +203,7 @@ class SignatureChecks:
         self.verifier = verifier  # may still be building its database
         self._helpers = helpers  # the sync's download helpers run the in-process check, if any
         self.checked: list[str] = []  # digests submitted (remembered once every one verified)
+        self.landed = 0  # of them, accepted by the in-process check as they landed
         self._path_for = path_for
         self._seen = set(proven)
         self._queue: deque[PackageCheck] = deque()
@@ -212,12 +219,16 @@ class SignatureChecks:
         self._problems: list[str] = []
         self._error: BaseException | None = None
 
-    def submit(self, label: str, digest: str) -> None:
-        """Queue the package `label` (its path in the repo) stored in the pool as `digest`."""
+    def submit(self, label: str, digest: str, *, landed: bool = False) -> None:
+        """Queue the package `label` (its path in the repo) stored in the pool as `digest`;
+        `landed`: the in-process check accepted its bytes as they landed (nothing left to do)."""
         if digest in self._seen or self._closed:
             return
         self._seen.add(digest)
         self.checked.append(digest)
+        if landed:
+            self.landed += 1
+            return
         self._queue.append(PackageCheck(label, self._path_for(digest)))
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._worker(), name=f"rpmkeys-{i}")
