@@ -294,6 +294,11 @@ class NewSnapshot:
     entries: Sequence[ManifestEntry]
     sync_run: int | None = None
     advisories: Sequence[Advisory] = ()  # the snapshot's updateinfo (RPM), parsed
+    #: With `sync_run`: the run ends with this snapshot, in the same transaction (outcome
+    #: "snapshot"), having fetched this many files and bytes; None leaves the run open.
+    run_files: int | None = None
+    run_bytes: int = 0
+    run_note: str | None = None
 
 
 _MOVE_COLUMNS = "id, repo, tier, at, from_snapshot, to_snapshot, actor, reason, forced, action"
@@ -544,6 +549,9 @@ class Store:
                 self.record_advisories(new.repo, snap_id, new.advisories)
             self._move_tier(new.repo, first_tier, snap_id, actor="sync", reason="new snapshot",
                             action="sync", now=now)
+            if new.sync_run is not None and new.run_files is not None:  # one fdatasync less
+                self._end_sync_run(new.sync_run, "snapshot", snapshot=snap_id, message=new.run_note,
+                                   files=new.run_files, size=new.run_bytes)
             if before_commit is not None:
                 before_commit()
         return snap_id
@@ -1104,10 +1112,16 @@ class Store:
     def finish_sync_run(self, run_id: int, outcome: str, *, snapshot: str | None = None,
                         error_code: str | None = None, message: str | None = None, files: int = 0,
                         size: int = 0) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE sync_runs SET finished = ?, outcome = ?, snapshot = ?, error_code = ?, "
-                       "message = ?, files = ?, bytes = ? WHERE id = ?",
-                       (_iso(utcnow()), outcome, snapshot, error_code, message, files, size, run_id))
+        with self.transaction():
+            self._end_sync_run(run_id, outcome, snapshot=snapshot, error_code=error_code, message=message,
+                               files=files, size=size)
+
+    def _end_sync_run(self, run_id: int, outcome: str, *, snapshot: str | None = None,
+                      error_code: str | None = None, message: str | None = None, files: int = 0,
+                      size: int = 0) -> None:
+        self.db.execute("UPDATE sync_runs SET finished = ?, outcome = ?, snapshot = ?, error_code = ?, "
+                        "message = ?, files = ?, bytes = ? WHERE id = ?",
+                        (_iso(utcnow()), outcome, snapshot, error_code, message, files, size, run_id))
 
     def interrupt_running_runs(self, repo: str, message: str) -> int:
         """Close the runs of `repo` left "running" by a sync that was cancelled (server shutdown)."""

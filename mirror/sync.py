@@ -345,8 +345,9 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
                 for folder in (tmp, *stale):
                     await asyncio.to_thread(_rmtree, folder)
         outcome = "unchanged" if snapshot is None else "snapshot"
-        await _finish_run(store, run_id, outcome, progress, snapshot=snapshot,
-                          note="; ".join(ctx.notes) if ctx is not None and ctx.notes else None)
+        if snapshot is None:  # a snapshot's commit recorded the run's end already
+            await _finish_run(store, run_id, outcome, progress,
+                              note="; ".join(ctx.notes) if ctx is not None and ctx.notes else None)
         progress.update(phase=outcome)
         return SyncResult(repo=repo.name, snapshot=snapshot, files=progress.files_done,
                           bytes=progress.bytes_done)
@@ -430,7 +431,8 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
     ctx.progress.update(phase="committing")
     new = NewSnapshot(repo=repo.name, signed_by="mirror" if repo.filtered else "upstream", plan_key=key,
                       roots=[r.record for r in roots], entries=sorted(entries.values(), key=lambda e: e.path),
-                      sync_run=run_id, advisories=ctx.advisories)
+                      sync_run=run_id, advisories=ctx.advisories, run_files=ctx.progress.files_done,
+                      run_bytes=ctx.progress.bytes_done, run_note="; ".join(ctx.notes) or None)
     return await asyncio.to_thread(commit, ctx.pool, store, new, ctx.settings.tiers[0])
 
 
