@@ -35,7 +35,8 @@ from mirror.model import (
 )
 
 if TYPE_CHECKING:  # loaded where used: a no-op sync never needs mirror.diff
-    from mirror.diff import Advisory, PackageSet, Row
+    from mirror.diff import Advisory
+    from mirror.packageset import PackageSet, Row
 
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "initial schema", (
@@ -93,7 +94,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (repo, snapshot, sha256))""",
     )),
     (5, "package sets per snapshot (for diffs) and advisories (updateinfo)", (
-        # one PackageSet blob per snapshot (mirror.diff.PackageSet.to_blob) and the sha256 of its
+        # one PackageSet blob per snapshot (mirror.packageset.PackageSet.to_blob) and the sha256 of its
         # sorted lines: equal digests, equal package sets. Snapshots from before: filled lazily.
         """CREATE TABLE snapshot_packages (
             repo TEXT NOT NULL, snapshot TEXT NOT NULL, packages BLOB NOT NULL, digest TEXT NOT NULL,
@@ -335,7 +336,7 @@ def _move(r: Sequence[Any]) -> TierMove:
 
 def package_set_digest(ps: PackageSet) -> str:
     """sha256 over a package set's sorted lines (``name<TAB>arch<TAB>version``, one a line)."""
-    from mirror.diff import row_line
+    from mirror.packageset import row_line
 
     h = hashlib.sha256()
     for line in sorted(map(row_line, ps)):
@@ -914,7 +915,7 @@ class Store:
 
     def _put_package_set(self, repo: str, snapshot: str, rows: Iterable[Row]) -> PackageSet:
         """Store a snapshot's PackageSet blob and digest (inside the caller's transaction)."""
-        from mirror.diff import PackageSet
+        from mirror.packageset import PackageSet
 
         ps = PackageSet(list(rows))
         self.db.execute("INSERT INTO snapshot_packages VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -925,7 +926,7 @@ class Store:
     def package_set(self, repo: str, snapshot: str) -> PackageSet:
         """The snapshot's packages (NotFoundError if there is no such snapshot). A snapshot
         committed before the table existed gets its blob now, from its manifest."""
-        from mirror.diff import PackageSet
+        from mirror.packageset import PackageSet
 
         row = self.db.execute("SELECT packages FROM snapshot_packages WHERE repo = ? AND snapshot = ?",
                               (repo, snapshot)).fetchone()
