@@ -588,6 +588,9 @@ def run() -> NoReturn:
     (wal_autocheckpoint, 1,000 pages), and the next connection reads it as before. Tests and
     embedders call `main`, which returns."""
     code = main()
+    from mirror import codecache
+
+    codecache.save()  # a no-op unless some dataclass method was compiled anew (mirror.entry)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
