@@ -76,6 +76,7 @@ class Pool:
         self._staged: dict[str, tuple[str, str, str]] = {}
         #: Temp files whose bytes a completed `write_ahead` flushed (all written before it began).
         self._flushed: set[str] = set()
+        self._naming_stopped = False  # `stop_naming_ahead`
         #: Files a dead run of the same repo had staged (named by their sha256 in its temp folder),
         #: unverified since: sha256 -> path (`salvage_stale_temp`, `adopt_salvaged`).
         self._salvage: dict[str, str] = {}
@@ -398,9 +399,17 @@ class Pool:
         early = [(digest, staged) for digest, staged in list(self._staged.items())
                  if digest in name and covered.get(digest) == staged[0]]
         try:
-            self._name(early)
+            for item in early:
+                if self._naming_stopped:  # the commit names the rest, beside its own flush
+                    break
+                self._name([item])
         except StorageError as exc:
             log.warning("pool %s: naming files ahead failed (the commit names them): %s", self.root, exc)
+
+    def stop_naming_ahead(self) -> None:
+        """A running `write_ahead` names no more files (the sync is about to commit: `make_durable`
+        names the flushed ones left while its own first flush runs, rather than after it)."""
+        self._naming_stopped = True
 
     def _flush(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)

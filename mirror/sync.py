@@ -427,6 +427,7 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
         for path in (e.path, *w.aliases):
             _add(entries, ManifestEntry(path, e.sha256, e.size, e.kind, w.package), repo.name)
 
+    ctx.pool.stop_naming_ahead()  # a background flush still naming files leaves the rest to the commit
     await ctx.settle()
     ctx.progress.update(phase="committing")
     new = NewSnapshot(repo=repo.name, signed_by="mirror" if repo.filtered else "upstream", plan_key=key,

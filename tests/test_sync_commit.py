@@ -192,6 +192,26 @@ def test_a_failed_write_ahead_is_only_logged(tmp_path: Path, monkeypatch: pytest
     assert "writing ahead failed" in caplog.text
 
 
+def test_a_write_ahead_told_to_stop_naming_leaves_the_rest_to_the_commit(tmp_path: Path) -> None:
+    """At the end of the downloads the sync stops a write-ahead still renaming (it would make
+    the commit wait); the files it flushed and did not name are named by the commit."""
+    pool = Pool(tmp_path / "storage")
+    tmp = pool.temp_dir("repo")
+    digests = []
+    for data in (b"A" * 5000, b"B" * 7000):
+        digest = hashlib.sha256(data).hexdigest()
+        pool.store_whole(data, ExpectedFile(f"{digest}.deb", len(data), digest), str(tmp), "x")
+        digests.append(digest)
+    pool.stop_naming_ahead()
+    pool.write_ahead(set(digests))
+    assert pool.staged == 2 and all(pool.path_for(d).parent == tmp for d in digests)
+    pool.make_durable()
+    assert pool.staged == 0
+    for digest in digests:
+        assert pool.path_for(digest) == pool.root / digest[:2] / digest
+        assert hashlib.sha256(pool.path_for(digest).read_bytes()).hexdigest() == digest
+
+
 def test_a_failed_rename_ahead_is_only_logged_and_left_to_the_commit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     pool = Pool(tmp_path / "storage")
