@@ -76,6 +76,40 @@ async def fetch_into_pool(fetcher: Fetcher, pool: Pool, expected: ExpectedFile, 
     return await with_retries(attempt, fetcher.policy)
 
 
+#: (certificates file, pinned fingerprints) -> this process's InProcessCheck (None: unusable)
+_CHECKS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _in_process_check(keys: str, pinned: tuple[str, ...]) -> Any:
+    """This process's InProcessCheck for these certificates, made once the file exists (the
+    sync's PackageVerifier writes it); None while it does not, or if it is unusable."""
+    if (keys, pinned) not in _CHECKS:
+        if not os.path.exists(keys):
+            return None
+        try:
+            from mirror.trust.rpmpackage import InProcessCheck
+
+            made = InProcessCheck(Path(keys).read_bytes(), pinned)
+            _CHECKS[(keys, pinned)] = made if made.usable else None
+        except Exception as exc:  # the certificates unreadable: rpmkeys checks them all
+            log.warning("in-process signature check unavailable: %s", exc)
+            _CHECKS[(keys, pinned)] = None
+    return _CHECKS[(keys, pinned)]
+
+
+def landing_check(keys: str, pinned: tuple[str, ...]) -> LandingCheck:
+    """The in-process RPM signature check of a package's bytes as they land, in whichever process
+    fetched them, with the certificates in `keys` if they exist by then."""
+    def check(data: bytes) -> str | None:
+        made = _in_process_check(keys, pinned)
+        if made is None:
+            return "the verifier was not ready yet"
+        verdict: str | None = made.check_data(data)
+        return verdict
+
+    return check
+
+
 def fetch_policy(settings: Settings) -> FetchPolicy:
     """The retry and timeout policy of a sync's downloads (and its helpers')."""
     return FetchPolicy(connect_timeout=settings.sync.connect_timeout,
@@ -345,33 +379,6 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
     slot = asyncio.Semaphore(slots)  # the sync sends more jobs than that: none waits for the next
     pools: dict[str, Pool] = {}  # one per sync temp folder, as in the sync's process
     tasks: set[asyncio.Task[None]] = set()
-    checks: dict[tuple[str, tuple[str, ...]], Any] = {}  # (keys file, pinned) -> InProcessCheck
-
-    def checker(keys: str, pinned: tuple[str, ...]) -> Any:
-        """The InProcessCheck for these certificates (made once they exist), None if unusable."""
-        if (keys, pinned) not in checks:
-            if not os.path.exists(keys):  # the sync's verifier is still being built
-                return None
-            try:
-                from mirror.trust.rpmpackage import InProcessCheck
-
-                made = InProcessCheck(Path(keys).read_bytes(), pinned)
-                checks[(keys, pinned)] = made if made.usable else None
-            except Exception as exc:  # the certificates unreadable: rpmkeys checks them all
-                log.warning("download helper: in-process signature check unavailable: %s", exc)
-                checks[(keys, pinned)] = None
-        return checks[(keys, pinned)]
-
-    def landed(check_with: tuple[str, tuple[str, ...]]) -> LandingCheck:
-        def check(data: bytes) -> str | None:  # when the bytes land: the certificates may exist by then
-            made = checker(*check_with)
-            if made is None:
-                return "no certificates yet"
-            verdict: str | None = made.check_data(data)
-            return verdict
-
-        return check
-
     async def run(job: int, url: str, expected: ExpectedFile, tmp: str, root: str,
                   check_with: tuple[str, tuple[str, ...]] | None) -> None:
         answer: tuple[int, str | None, object, bool]
@@ -380,7 +387,7 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
             if pool is None:
                 pool = pools[tmp] = Pool(Path(root))
             digest, verified = await fetch_into_pool(fetcher, pool, expected, url, Path(tmp), slot,
-                                                     check=landed(check_with) if check_with else None)
+                                                     check=landing_check(*check_with) if check_with else None)
             try:
                 answer = (job, digest, pool.unstage(digest), verified)
             except KeyError:  # staged by another job of this helper: let the sync fetch it
@@ -394,7 +401,7 @@ async def _serve(sock: socket.socket, policy: FetchPolicy, slots: int) -> None:
     def check(job: int, files: list[str], keys: str, pinned: tuple[str, ...]) -> None:
         """Runs on the loop, blocking it (a batch takes milliseconds): no thread to hand the
         interpreter lock to and from."""
-        landing = checker(keys, pinned)
+        landing = _in_process_check(keys, pinned)
         declined = list(range(len(files))) if landing is None else \
             [i for i, f in enumerate(files) if landing.check(Path(f)) is not None]
         outbox.put((job, None, declined, False))

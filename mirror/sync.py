@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from mirror.config import RepoSettings, Settings
-from mirror.downloads import Helpers, LandingCheck, fetch_into_pool, fetch_policy
+from mirror.downloads import Helpers, fetch_into_pool, fetch_policy, landing_check
 from mirror.errors import (
     ConfigError,
     ExpiredMetadataError,
@@ -110,11 +110,10 @@ class SyncContext:
     #: the packages a background flush covered are moved to their final names beside the downloads
     #: (`Pool.write_ahead`).
     reads_packages: bool = False
-    #: Set by a format that checks each package's RPM signature as its bytes land: what a download
-    #: helper needs for it (the certificates file, once it exists, and the pinned fingerprints),
-    #: and, once the verifier is ready, the check this process runs (`_check_landed`).
+    #: Set by a format that checks each package's RPM signature as its bytes land, in whichever
+    #: process fetched them (`mirror.downloads.landing_check`): the certificates file (it exists
+    #: once the verifier is built) and the pinned fingerprints.
     landing_check_with: tuple[str, tuple[str, ...]] | None = None
-    landing_check: LandingCheck | None = None
     landed: set[str] = field(default_factory=set)  # digests a landing check accepted
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run when the sync ends
     accept_identity_change: bool = False  # `mirror sync --accept-identity-change` (mirror.trust.apt)
@@ -164,7 +163,7 @@ class SyncContext:
             return digest  # verified and staged by a run that died, re-hashed now
         url = self.url(expected.fetch_path or expected.path)
         check_with = self.landing_check_with if expected.kind is EntryKind.PACKAGE else None
-        check = self._check_landed if check_with is not None else None
+        check = landing_check(*check_with) if check_with is not None else None
         try:
             fetched = None
             if known_absent and self.helpers is not None:
@@ -178,12 +177,6 @@ class SyncContext:
         if expected.kind is EntryKind.PACKAGE:  # the totals count packages (indices are few and small)
             self.progress.update(files=1, size=expected.size)
         return digest
-
-
-    def _check_landed(self, data: bytes) -> str | None:
-        """The landing check of a package's bytes, if the verifier is ready by the time they land."""
-        check = self.landing_check
-        return "the verifier was not ready yet" if check is None else check(data)
 
 
 class RepoFormat(Protocol):

@@ -116,16 +116,9 @@ class RpmFormat:
         ctx.on_close.append(checks.aclose)
 
         # Each package is checked where it lands, while its bytes are in memory (in this process or
-        # a download helper), once the verifier (or, in a helper, its certificates file) is ready;
-        # only what that check did not accept is queued.
+        # a download helper), once the verifier has written its certificates file; only what that
+        # check did not accept is queued.
         ctx.landing_check_with = (str(keys_path(ctx.keyring, root)), tuple(sorted(ctx.keyring.pinned)))
-
-        def ready(done: asyncio.Future[PackageVerifier]) -> None:
-            if not done.cancelled() and done.exception() is None and done.result().fast is not None:
-                ctx.landing_check = done.result().fast.check_data  # type: ignore[union-attr]
-            # (a verifier that failed: `finish` raises its error)
-
-        verifier.add_done_callback(ready)
 
         def present(expected: ExpectedFile) -> None:
             if expected.kind is EntryKind.PACKAGE:
