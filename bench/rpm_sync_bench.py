@@ -30,6 +30,12 @@ target (or "report" for figures without one), and writes everything as JSON to
      (same command, same cache and download dir).
 4. After the last round, mirror's no-op resync (``"require"`` store) five times: median and max
    wall time and the requests nginx served for each.
+5. The CPU the checks cost (``measure_checks``): the in-process signature check of every
+   package, one thread, bytes in memory; MD5 and SHA-256 of every file; and from them the best
+   limit/mirror ratio a "require" sync could reach here: a no-op resync's work first (nothing is
+   known before the signed root), then the rest of an "ignore" sync and the checks spread
+   perfectly over the CPUs; again with that rest as cheap as the raw limit's CPU (curl and
+   hashing), and again without the MD5 part.
 
 Targets: limit/mirror >= 0.8 with signatures required and ignored; the rest is reported (the
 APT benchmark's targets, no-op <= 0.5 s and peak RSS <= 150 MB, are shown for reference).
@@ -43,6 +49,7 @@ import re
 import shlex
 import statistics
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,16 +258,19 @@ def measure_mirror(tools: Tools, dirs: PhaseDirs, phase: str, url: str, up: Upst
     if noop_runs:
         os.sync()
     noops: list[float] = []
+    noop_cpus: list[float] = []
     noop_requests: list[int] = []
     for _ in range(noop_runs):
         with Requests(url) as noop_req:
-            t, _cpu, _rss, out = run_with_rss(tools.time, cmd, what="mirror sync (no-op)")
+            t, noop_cpu, _rss, out = run_with_rss(tools.time, cmd, what="mirror sync (no-op)")
         if out.strip() != f"{REPO}: unchanged":
             raise BenchError(f"mirror resync was not a no-op: {out.strip()!r}")
         noops.append(t)
+        noop_cpus.append(noop_cpu)
         noop_requests.append(noop_req.count)
     return {"command": shlex.join(cmd), "sync_s": wall, "cpu_s": cpu, "peak_rss_mb": rss,
-            "requests": requests.count, "noop_s": noops, "noop_requests": noop_requests}
+            "requests": requests.count, "noop_s": noops, "noop_cpu_s": noop_cpus,
+            "noop_requests": noop_requests}
 
 
 def measure_reposync(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> dict[str, Any]:
@@ -309,6 +319,34 @@ def measure_reposync(tools: Tools, dirs: PhaseDirs, url: str, up: Upstream) -> d
             "noop_s": noop, "noop_cpu_s": noop_cpu, "noop_requests": noop_req.count}
 
 
+def measure_checks(up: Upstream) -> dict[str, Any]:
+    """The CPU a "require" sync must add for these packages: the in-process signature check
+    (mirror.trust.rpmpackage, what a sync runs on each package's bytes as they land) of every
+    package, one thread, the bytes already in memory; and, for its biggest parts, MD5 and SHA-256
+    over each whole file (rpm checks an MD5 over header and payload, a SHA-256 over the payload)."""
+    import hashlib
+
+    from mirror.trust.rpmpackage import InProcessCheck
+
+    check = InProcessCheck(up.keyring.read_bytes(), [up.fingerprint])
+    spent = {"check": 0.0, "md5": 0.0, "sha256": 0.0}
+    for href, _size, _sha in up.packages:
+        data = (up.root / href).read_bytes()
+        start = time.process_time()
+        verdict = check.check_data(data)
+        spent["check"] += time.process_time() - start
+        if verdict is not None:
+            raise BenchError(f"the in-process check did not accept {href}: {verdict}")
+        for algo in ("md5", "sha256"):
+            start = time.process_time()
+            hashlib.new(algo, data).digest()
+            spent[algo] += time.process_time() - start
+    return {"what": "mirror.trust.rpmpackage.InProcessCheck.check_data of every package, one thread, "
+                    "bytes in memory; MD5 and SHA-256 of every whole file the same way",
+            "check_cpu_s": spent["check"], "md5_cpu_s": spent["md5"], "sha256_cpu_s": spent["sha256"],
+            "cpus": len(os.sched_getaffinity(0))}
+
+
 def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) -> dict[str, Any]:
     """`rounds` rounds of the four phases, the order rotated each round; the mirror no-op
     resyncs run once, after the last round's `require` sync."""
@@ -347,6 +385,7 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
                      "noop_s": [x["noop_s"] for x in reposync],
                      "noop_cpu_s": [x["noop_cpu_s"] for x in reposync],
                      "noop_requests": reposync[0]["noop_requests"]},
+        "checks": measure_checks(up),
     }
     for phase in SIGNATURES:
         runs = per_round[phase]
@@ -355,6 +394,7 @@ def measure(tools: Tools, workdir: Path, url: str, up: Upstream, rounds: int) ->
                       "sync_s": [x["sync_s"] for x in runs], "cpu_s": [x["cpu_s"] for x in runs],
                       "peak_rss_mb": [x["peak_rss_mb"] for x in runs], "requests": runs[0]["requests"],
                       "noop_s": [t for x in runs for t in x["noop_s"]],
+                      "noop_cpu_s": [t for x in runs for t in x["noop_cpu_s"]],
                       "noop_requests": [n for x in runs for n in x["noop_requests"]]}
     return out
 
@@ -371,12 +411,31 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     req_s, ign_s, rs_s = med(req["sync_s"]), med(ign["sync_s"]), med(rs["sync_s"])
     noops = req["noop_s"]
     rss = max(req["peak_rss_mb"] + ign["peak_rss_mb"])
+    checks = results["checks"]
+
+    def best(rest_cpu: float, check_cpu: float) -> float:
+        """The best limit/mirror a "require" sync could reach here. What a no-op resync does (start,
+        fetch and verify the signed root) comes first, alone: no package is known before; then the
+        rest of the work (`rest_cpu`) and the checks, spread perfectly over the CPUs."""
+        return limit_s / (med(noops) + (rest_cpu + check_cpu) / checks["cpus"])
+
+    rest_cpu = med(ign["cpu_s"]) - med(req["noop_cpu_s"])  # an "ignore" sync's, after that start
+    limit_cpu, check_cpu, cpus = med(results["limit"]["cpu_s"]), checks["check_cpu_s"], checks["cpus"]
+
     rows: list[Figure] = [
         ('limit_time / mirror_time, signatures "require"', limit_s / req_s, "x", f">= {TARGET_LIMIT_RATIO}",
          limit_s / req_s >= TARGET_LIMIT_RATIO),
         ('limit_time / mirror_time, signatures "ignore"', limit_s / ign_s, "x", f">= {TARGET_LIMIT_RATIO}",
          limit_s / ign_s >= TARGET_LIMIT_RATIO),
         ("signature check: require - ignore (median walls)", req_s - ign_s, "s", "report", None),
+        ("signature check CPU, every package, one thread", checks["check_cpu_s"], "s", "report", None),
+        ("  MD5 of every package (rpm's header+payload MD5)", checks["md5_cpu_s"], "s", "report", None),
+        ("  SHA-256 of every package (rpm's payload digest)", checks["sha256_cpu_s"], "s", "report", None),
+        (f'best possible limit / mirror, "require", {cpus} CPUs', best(rest_cpu, check_cpu), "x", "report",
+         None),
+        ("  the same, downloads as cheap as the limit's CPU", best(limit_cpu, check_cpu), "x", "report",
+         None),
+        ("  the same, MD5 not checked", best(rest_cpu, check_cpu - checks["md5_cpu_s"]), "x", "report", None),
         ("mirror_time (require) / reposync_time (--gpgcheck)", req_s / rs_s, "x", "report", None),
         ("reposync_time / limit_time", rs_s / limit_s, "x", "report", None),
         (f"mirror no-op resync, median of {len(noops)}", med(noops), "s", "report", None),
