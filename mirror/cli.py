@@ -217,7 +217,7 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
         results = asyncio.run(run())
     for r in results:
         if r.error is not None:
-            print(f"{r.repo}: error: {r.error}")
+            print(f"{r.repo}: error: {r.error.within(r.repo)}")
         else:
             print(f"{r.repo}: {r.snapshot or 'unchanged'}")
     _issue_releases(settings, store)

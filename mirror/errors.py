@@ -26,6 +26,13 @@ class MirrorError(Exception):
         )
         return f"{where} {self.message}" if where else self.message
 
+    def within(self, repo: str) -> str:
+        """The error as said on a line already headed by `repo` (`REPO: error: WHAT`): without
+        the repo again when it is that one."""
+        if self.repo not in (None, repo):
+            return str(self)
+        return f"{self.path}: {self.message}" if self.path else self.message
+
     def __reduce__(self) -> tuple[object, ...]:
         """Pickled whole (subclass, message, context, any attribute a subclass adds): errors come
         back from download helper processes (mirror.downloads) as they were raised."""

@@ -87,6 +87,45 @@ def test_config_mistake_is_refused_with_key_path(confdir: Path, text: str, key_p
     assert reason in message
 
 
+def test_contract_defaults_apply_when_the_tables_are_left_out(confdir: Path) -> None:
+    """CONTRACT: storage root /var/lib/mirror, bind 0.0.0.0, repo port 80, API port 81."""
+    settings = load(write(confdir, GOOD_REPO))
+    assert settings.storage.root == Path("/var/lib/mirror")
+    assert (settings.server.bind, settings.server.repo_port, settings.server.api_port) == ("0.0.0.0", 80, 81)
+
+
+@pytest.mark.parametrize(("cli", "env", "expected"), [
+    ("given.toml", "env.toml", "given.toml"),
+    (None, "env.toml", "env.toml"),
+    (None, None, "/etc/mirror/mirror.toml"),
+    (None, "", "/etc/mirror/mirror.toml"),
+])
+def test_config_file_is_the_option_then_mirror_config_then_etc(
+        monkeypatch: pytest.MonkeyPatch, cli: str | None, env: str | None, expected: str) -> None:
+    from mirror.config import config_path
+
+    if env is None:
+        monkeypatch.delenv("MIRROR_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("MIRROR_CONFIG", env)
+    assert config_path(cli) == Path(expected)
+
+
+def test_mirror_command_reads_mirror_config_and_names_the_file_it_lacks(confdir: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(confdir, GOOD_REPO)
+    env = {**os.environ, "MIRROR_CONFIG": str(path)}
+    ok = subprocess.run([sys.executable, "-m", "mirror.cli", "check-config"], env=env, capture_output=True,
+                        text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    env["MIRROR_CONFIG"] = str(confdir / "nope.toml")
+    bad = subprocess.run([sys.executable, "-m", "mirror.cli", "check-config"], env=env, capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and str(confdir / "nope.toml") in bad.stderr, bad
+
+
 def test_missing_config_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such configuration file"):
         load(tmp_path / "nope.toml")

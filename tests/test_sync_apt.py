@@ -297,7 +297,7 @@ def test_sync_cli_prints_one_line_per_repo_and_exit_status(setup: Setup) -> None
     unknown_key(setup)
     bad = setup.mirror.cli("sync")
     assert bad.returncode == 1
-    assert bad.stdout.startswith("repo: error: ")
+    assert bad.stdout.startswith("repo: error: dists/stable/InRelease: "), bad.stdout  # the repo once
     snaps = setup.mirror.cli("snapshots", "repo", "--json")
     import json
     (snap,) = json.loads(snaps.stdout)

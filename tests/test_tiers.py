@@ -249,3 +249,26 @@ def test_promotion_cost_does_not_depend_on_snapshot_size(tmp_path: Path, store: 
     assert big_time < 0.05, big_time
     assert big_time < max(small * 5, 0.01), (small, big_time)
     assert timedelta(seconds=big_time) < timedelta(milliseconds=50)
+
+
+def test_snapshot_ids_are_utc_seconds_and_one_second_later_when_taken(store: Store) -> None:
+    """CONTRACT: ids are YYYYMMDDTHHMMSSZ (UTC); a second snapshot within the same second takes the
+    next free second; a deleted snapshot's id is never given again."""
+    from mirror.store import NewSnapshot
+
+    def commit(at: datetime) -> str:
+        new = NewSnapshot(repo="repo", signed_by="upstream", plan_key="k", roots=[], entries=[])
+        return store.commit_snapshot(new, "dev", now=at)
+
+    from datetime import timezone
+
+    moment = datetime(2026, 11, 28, 3, 4, 5, 678_000, tzinfo=timezone(timedelta(hours=2)))
+    first = commit(moment)
+    assert first == "20261128T010405Z"
+    assert commit(moment) == "20261128T010406Z"
+    assert commit(moment - timedelta(hours=1)) == "20261128T010407Z"  # never before the latest
+    with store.transaction():
+        store.record_snapshot_deletion("repo", "20261128T010407Z", actor="t", reason=None, now=moment)
+        store.delete_snapshot("repo", "20261128T010407Z")
+    assert commit(moment) == "20261128T010408Z"
+    assert commit(moment + timedelta(minutes=1)) == "20261128T010505Z"
