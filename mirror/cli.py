@@ -268,9 +268,7 @@ def cmd_snapshots(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_snapshot_delete(settings, args)
     snaps = _store(settings).snapshots(args.repo)
     if args.json:
-        print(json.dumps([{"id": s.id, "created": s.created.isoformat(), "packages": s.packages,
-                           "bytes": s.bytes, "tiers": list(s.tiers), "signed_by": s.signed_by}
-                          for s in snaps], indent=2))
+        print(json.dumps([s.as_json() for s in snaps], indent=2))
         return 0
     print(f"{'SNAPSHOT':<18} {'PACKAGES':>8} {'SIZE':>10}  {'SIGNED BY':<9}  TIERS")
     for s in snaps:

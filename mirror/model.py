@@ -75,6 +75,11 @@ class Snapshot:
     signed_by: str  # "upstream" | "mirror"
     tiers: tuple[str, ...] = field(default=())
 
+    def as_json(self) -> dict[str, object]:
+        """As `mirror snapshots --json` and `GET /api/v1/repos/{repo}/snapshots` give it."""
+        return {"id": self.id, "created": self.created.isoformat(), "packages": self.packages,
+                "bytes": self.bytes, "tiers": list(self.tiers), "signed_by": self.signed_by}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -129,6 +129,8 @@ def test_repos_snapshots_and_tiers(env: Env) -> None:
     newer = snaps[-2]  # type: ignore[index]
     assert set(newer) == {"id", "created", "packages", "bytes", "tiers", "signed_by"}
     assert "dev" in newer["tiers"] and newer["packages"] == 1
+    cli = env.mirror.cli("snapshots", "repo", "--json")  # the contract: "as mirror ... --json"
+    assert cli.returncode == 0 and json.loads(cli.stdout) == snaps, cli.stdout
     status, tiers = env.get("/tiers")
     assert status == 200 and tiers["repo"]["dev"]["snapshot"] == env.b  # type: ignore[index]
     assert list(tiers["repo"]) == ["dev", "test", "uat", "prod"]  # type: ignore[index]

@@ -426,8 +426,7 @@ async def list_repos(request: web.Request) -> web.Response:
 async def list_snapshots(request: web.Request) -> web.Response:
     repo = _repo(request)
     snapshots = await asyncio.to_thread(request.app[STORE].snapshots, repo)
-    return _json([{"id": s.id, "created": _time(s.created), "packages": s.packages, "bytes": s.bytes,
-                   "tiers": list(s.tiers), "signed_by": s.signed_by} for s in snapshots])
+    return _json([s.as_json() for s in snapshots])
 
 
 def tiers_document(settings: Settings, tiers: Tiers, moment: datetime | None) -> dict[str, Any]:
