@@ -74,3 +74,44 @@ def test_snapshot_path_serves_the_same_signed_tree(served: tuple[AptRepo, Mirror
     with urllib.request.urlopen(f"{url}/dev/repo/dists/stable/InRelease") as r:
         assert r.read() == upstream.inrelease_path.read_bytes()
         assert r.headers["ETag"]
+
+
+def test_an_upstream_signed_rollback_is_refused_because_apt_ignores_the_older_release(
+        tmp_path: Path, archive_key: SigningKey) -> None:
+    """With tier_signing "upstream" a tier serves the vendor's InRelease as it is, and apt silently
+    keeps a newer InRelease it has over an older one (no message, exit 0): a rollback would not
+    reach the clients that saw the newer release, so the mirror refuses it unless forced. Here the
+    forced one is shown not to reach apt."""
+    upstream = AptRepo(tmp_path / "upstream", archive_key, suite="stable")
+    now = datetime.now(UTC).replace(microsecond=0)
+    upstream.add(DebPackage("hello", "1.0-1"))
+    upstream.publish(date=now - timedelta(days=2), keep_plain_on_disk=False)
+    older_inrelease = upstream.inrelease_path.read_bytes()
+    keyring = archive_key.write_public(tmp_path / "keys" / "archive.asc")
+    with UpstreamServer(upstream.root) as server:
+        mirror = write_config(tmp_path / "mirror", server.url, keyring, extra_repo="")
+        older = mirror.sync_one()
+        assert older.ok, older.error
+        upstream.remove("hello", "1.0-1", delete_file=False)  # the older snapshot still has it
+        upstream.add(DebPackage("hello", "2.0-1"))
+        upstream.publish(date=now - timedelta(days=1), keep_plain_on_disk=False)
+        newer = mirror.sync_one()
+        assert newer.ok and newer.snapshot != older.snapshot, newer.error
+    with mirror.serving() as url:
+        apt = AptClient(tmp_path / "apt")
+        apt.configure(f"{url}/dev/repo stable main", archive_key.write_public(tmp_path / "apt-key.asc"))
+        assert ok(update := apt.update()), describe(update)
+        assert apt.versions("hello") == ["2.0-1"]
+
+        refused = mirror.cli("rollback", "repo", "dev")
+        assert refused.returncode == 2, refused
+        assert "apt ignores an older Date" in refused.stdout + refused.stderr, refused
+        assert mirror.tier() == newer.snapshot
+
+        forced = mirror.cli("rollback", "repo", "dev", "--force", "--reason", "shown not to reach apt")
+        assert forced.returncode == 0, forced
+        with urllib.request.urlopen(f"{url}/dev/repo/dists/stable/InRelease") as r:
+            assert r.read() == older_inrelease  # the tier serves the older release now...
+        update = apt.update()
+        assert ok(update), describe(update)  # ...and apt says nothing about it
+        assert apt.versions("hello") == ["2.0-1"]  # but keeps the newer one
