@@ -504,13 +504,17 @@ class Store:
 
     @_locked
     def recorded_blobs(self, digests: Iterable[str]) -> set[str]:
+        return set(self.recorded_blob_sizes(digests))
+
+    def recorded_blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
+        """sha256 -> size of those of `digests` the database records (their true sizes)."""
         wanted = list(set(digests))
-        found: set[str] = set()
+        found: dict[str, int] = {}
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
             marks = ",".join("?" * len(part))
-            found.update(r[0] for r in self.db.execute(
-                f"SELECT sha256 FROM blobs WHERE sha256 IN ({marks})", part))
+            found.update((r[0], int(r[1])) for r in self.db.execute(
+                f"SELECT sha256, size FROM blobs WHERE sha256 IN ({marks})", part))
         return found
 
     # -- snapshots ------------------------------------------------------------------------

@@ -403,7 +403,8 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
             digest = hashlib.sha256(data).hexdigest()
             await asyncio.to_thread(ctx.pool.ingest_bytes, data, digest, ctx.tmp, what=path)
             _add(entries, ManifestEntry(path, digest, len(data), EntryKind.ROOT), repo.name)
-    ctx.recorded = await asyncio.to_thread(store.recorded_blobs, (w.expected.sha256 for w in wanted))
+    recorded = await asyncio.to_thread(store.recorded_blob_sizes, (w.expected.sha256 for w in wanted))
+    ctx.recorded = set(recorded)
     ctx.recorded_loaded = True
 
     ctx.progress.update(phase="packages")
@@ -420,6 +421,7 @@ async def _run(ctx: SyncContext, run_id: int, *, allow_rollback: bool) -> str | 
         for path in (e.path, *w.aliases):
             _add(entries, ManifestEntry(path, e.sha256, e.size, e.kind, w.package), repo.name)
 
+    _check_sizes(entries, recorded, repo.name)
     ctx.pool.stop_naming_ahead()  # a background flush still naming files leaves the rest to the commit
     await ctx.settle()
     ctx.progress.update(phase="committing")
@@ -451,6 +453,22 @@ async def in_order(jobs: Sequence[Awaitable[T]]) -> list[T]:
         if isinstance(result, BaseException):
             raise result
     return cast("list[T]", results)
+
+
+def _check_sizes(entries: dict[str, ManifestEntry], recorded: dict[str, int], repo: str) -> None:
+    """Every path's size is its content's: a file found in the database or the pool, or fetched once
+    for several paths, is not measured again, so a signed index that gives the right sha256 with a
+    wrong size would otherwise be recorded with it (and served as damaged)."""
+    from mirror.errors import SizeMismatchError
+
+    said: dict[str, tuple[int, str | None]] = {d: (size, None) for d, size in recorded.items()}
+    for path in sorted(entries):
+        e = entries[path]
+        size, where = said.setdefault(e.sha256, (e.size, path))
+        if size != e.size:
+            source = "as stored before" if where is None else f"as listed for {where}"
+            raise SizeMismatchError(f"listed as {e.size} bytes, but its content (sha256 {e.sha256}) is "
+                                    f"{size} bytes {source}", repo=repo, path=path)
 
 
 def _add(entries: dict[str, ManifestEntry], entry: ManifestEntry, repo: str) -> None:

@@ -235,6 +235,21 @@ def wrong_suite(s: Setup) -> None:
     _new_version(s, extra_release_fields={"Suite": "unstable", "Codename": "sid"})
 
 
+def stored_package_listed_with_a_wrong_size(s: Setup) -> None:
+    # the right sha256 of a package the mirror stored before, with a wrong Size: nothing is fetched
+    s.upstream.override("libfoo1", {"Size": "4001"})
+    _new_version(s)
+
+
+def second_path_for_stored_content_with_a_wrong_size(s: Setup) -> None:
+    # another stanza naming a stored package's content under a second path, with a wrong Size
+    entry = next(e for e in s.upstream.entries if e.pkg.name == "libfoo1")
+    s.upstream.add_raw_stanza({"Package": "twin", "Version": "1.0", "Architecture": "amd64",
+                               "Filename": "pool/main/t/twin/twin_1.0_amd64.deb", "Size": str(entry.size + 1),
+                               "SHA256": entry.hashes["sha256"], "Description": "same bytes, wrong size"})
+    _new_version(s)
+
+
 HOSTILE: list[tuple[str, Callable[[Setup], None], str, str, str]] = [
     # (case, attack, error code, file named, words of the check)
     ("bad_signature", bad_signature, "signature_invalid", "dists/stable/InRelease", "bad signature"),
@@ -260,6 +275,10 @@ HOSTILE: list[tuple[str, Callable[[Setup], None], str, str, str]] = [
     ("connection_cut_mid_file", connection_cut, "fetch_failed", "pool/main/h/hello/hello_1.1-1_amd64.deb",
      ""),
     ("wrong_suite", wrong_suite, "metadata_malformed", "dists/stable/InRelease", "wrong suite"),
+    ("stored_package_listed_with_a_wrong_size", stored_package_listed_with_a_wrong_size, "size_mismatch",
+     "pool/main/libf/libfoo1/libfoo1_2.0-1_amd64.deb", "listed as 4001 bytes"),
+    ("second_path_for_stored_content_with_a_wrong_size", second_path_for_stored_content_with_a_wrong_size,
+     "size_mismatch", "pool/main/t/twin/twin_1.0_amd64.deb", "as stored before"),
 ]
 
 
