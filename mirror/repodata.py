@@ -78,6 +78,13 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(ctx.pool.path_for(digests[record.type]))
             records[record.type] = UpstreamRecord(record, link)
+        for kind in ("filelists", "other"):  # primary was decompressed under a cap already
+            if kind in records:
+                try:
+                    records[kind] = await asyncio.to_thread(
+                        _decompressed, records[kind], scratch / "plain", ctx.settings.sync.max_index_size)
+                except MirrorError as exc:
+                    raise exc.with_context(repo=ctx.repo.name) from None
         notes: list[str] = []
         try:
             kept = await asyncio.to_thread(select_entries, repo_filter(ctx), entries, allowed,
@@ -105,6 +112,25 @@ async def regenerate(ctx: SyncContext, repomd: Repomd, digests: dict[str, str],
     root_files["repodata/repomd.xml"] = repomd_xml
     root_files["repodata/repomd.xml.asc"] = signature
     return kept, wanted
+
+
+def _decompressed(upstream: UpstreamRecord, scratch: Path, max_size: int) -> UpstreamRecord:
+    """Blocking: the record's content decompressed into `scratch`, at most its open-size and
+    `max_size` bytes, and exactly its open-size when repomd gives one: createrepo_c, given the
+    compressed file, would decompress it without any cap (HOSTILE 39: a decompression bomb)."""
+    what = contained(upstream.record.href)
+    kind = split_variant(what)[1]
+    if kind == "plain":
+        return upstream
+    cap = min(upstream.record.open_size, max_size) if upstream.record.open_size is not None else max_size
+    scratch.mkdir(parents=True, exist_ok=True)
+    plain = scratch / f"{upstream.record.type}.xml"
+    decompress_to_file(upstream.file, kind, plain, cap=cap, what=what)
+    size = plain.stat().st_size
+    if upstream.record.open_size is not None and size != upstream.record.open_size:
+        raise MalformedMetadataError(f"decompresses to {size} bytes, repomd says open-size "
+                                     f"{upstream.record.open_size}", path=what)
+    return UpstreamRecord(upstream.record, plain)
 
 
 def select_entries(flt: PackageFilter, entries: list[RpmPackageEntry],

@@ -240,6 +240,43 @@ def test_case39_entity_bomb_in_filelists_or_other_of_a_filtered_repo_is_refused_
         assert_rejected(s, before, result, code="metadata_malformed", file="repodata")
 
 
+def _record(kind: str, href: str, open_size: int | None) -> object:
+    from mirror.formats.rpm import RepomdRecord
+
+    return RepomdRecord(kind, href, None, "sha256", "0" * 64, 1, None, None, open_size, None)
+
+
+@pytest.mark.parametrize(("case", "content", "open_size", "max_size", "outcome"), [
+    ("within_open_size", b"x" * 5000, 5000, 10_000, "ok"),
+    ("no_open_size_within_max", b"x" * 5000, None, 10_000, "ok"),
+    ("bomb_past_the_max", b"\0" * 50_000, None, 10_000, "exceeds the cap of 10000"),
+    ("bomb_past_its_open_size", b"\0" * 50_000, 1000, 10_000, "exceeds the cap of 1000"),
+    ("open_size_claims_more_than_the_max", b"\0" * 50_000, 60_000, 10_000, "exceeds the cap of 10000"),
+    ("shorter_than_its_open_size", b"x" * 5000, 6000, 10_000, "repomd says open-size 6000"),
+])
+def test_case39_filelists_and_other_of_a_filtered_repo_are_decompressed_under_a_cap(
+        tmp_path: Path, case: str, content: bytes, open_size: int | None, max_size: int,
+        outcome: str) -> None:
+    """createrepo_c reads a compressed file without any cap: a filtered snapshot hands it
+    filelists and other decompressed first, at most min(open-size, max_index_size) bytes."""
+    import gzip
+
+    from mirror.errors import MirrorError
+    from mirror.repodata import UpstreamRecord, _decompressed
+
+    source = tmp_path / "filelists.xml.gz"
+    source.write_bytes(gzip.compress(content))
+    record = UpstreamRecord(_record("filelists", "repodata/x-filelists.xml.gz", open_size),  # type: ignore[arg-type]
+                            source)
+    if outcome == "ok":
+        plain = _decompressed(record, tmp_path / "plain", max_size)
+        assert plain.file.read_bytes() == content and plain.record is record.record
+        return
+    with pytest.raises(MirrorError, match=outcome) as err:
+        _decompressed(record, tmp_path / "plain", max_size)
+    assert "repodata/x-filelists.xml.gz" in str(err.value)
+
+
 # -- 24: a repomd revision far in the future ------------------------------------------------------
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -200,7 +200,7 @@ def _with_sha256(expected: ExpectedFile, digest: str) -> ExpectedFile:
 async def _parse_primary(ctx: SyncContext, record: RepomdRecord, digest: str) -> list[RpmPackageEntry]:
     path = contained(record.href)
     kind = split_variant(path)[1]
-    cap = record.open_size if record.open_size is not None else ctx.settings.sync.max_index_size
+    cap = _cap(record, ctx.settings.sync.max_index_size)
     with tempfile.TemporaryDirectory(dir=ctx.tmp) as tmp:
         plain = Path(tmp) / "primary.xml"
         source = ctx.pool.path_for(digest)
@@ -223,12 +223,18 @@ async def _load_advisories(ctx: SyncContext, record: RepomdRecord, digest: str) 
     """`ctx.advisories`: those of an updateinfo record whose checksum verified (malformed: the
     sync fails)."""
     path = contained(record.href)
-    cap = record.open_size if record.open_size is not None else ctx.settings.sync.max_index_size
+    cap = _cap(record, ctx.settings.sync.max_index_size)
     try:
         ctx.advisories = await asyncio.to_thread(load_updateinfo, ctx.pool.path_for(digest),
                                                  split_variant(path)[1], cap=cap, what=path, tmp_dir=ctx.tmp)
     except MalformedMetadataError as exc:
         raise exc.with_context(repo=ctx.repo.name, path=path) from None
+
+
+def _cap(record: RepomdRecord, max_size: int) -> int:
+    """How many decompressed bytes a record may have: its open-size, never more than the
+    configured `max_index_size` (a signed repomd may still claim any open-size)."""
+    return min(record.open_size, max_size) if record.open_size is not None else max_size
 
 
 def _file_digest(path: Path, algo: str) -> str:
