@@ -19,6 +19,8 @@ class MirrorError(Exception):
         self.message = message
         self.repo = repo
         self.path = path
+        #: the failures that came with this one (a sync reports every failed file, this first)
+        self.others: list[MirrorError] = []
 
     def __str__(self) -> str:
         where = " ".join(

@@ -351,9 +351,16 @@ async def sync_repo(settings: Settings, repo: RepoSettings, store: Store, fetche
         error = storage_error(exc, str(exc.filename or "")).with_context(repo=repo.name)
     progress.update(phase="failed")
     log.error("%s: sync failed: %s", repo.name, error)
+    for other in error.others:
+        log.error("%s: sync failed: also %s", repo.name, other.with_context(repo=repo.name).within(repo.name))
     if run_id is not None:
         await _finish_run(store, run_id, "failed", progress, error=error)
     return SyncResult(repo=repo.name, error=error, files=progress.files_done, bytes=progress.bytes_done)
+
+
+def _report(error: MirrorError) -> str:
+    """A failed run's message: the failure, then every other one that came with it."""
+    return "; ".join([str(error), *(f"also {o.within(error.repo or '')}" for o in error.others)])
 
 
 async def _keep_staged(ctx: SyncContext) -> None:
@@ -376,7 +383,7 @@ async def _finish_run(store: Store, run_id: int, outcome: str, progress: Progres
     try:
         await asyncio.to_thread(store.finish_sync_run, run_id, outcome, snapshot=snapshot,
                                 error_code=error.code if error else None,
-                                message=str(error) if error else note,
+                                message=_report(error) if error else note,
                                 files=progress.files_done, size=progress.bytes_done)
     except MirrorError as exc:
         log.error("%s: cannot record the end of sync run %d (%s): %s", progress.repo, run_id, outcome, exc)
@@ -530,6 +537,7 @@ async def fetch_all(ctx: SyncContext, files: Sequence[ExpectedFile]) -> None:
         if len(failures) > 1:
             first.message += f" (and {len(failures) - 1} more failed files)"
             first.args = (first.message,)
+            first.others = failures[1:]
         raise first
 
 

@@ -470,3 +470,25 @@ def test_a_failed_sync_keeps_what_it_verified_and_the_next_run_fetches_only_the_
     assert setup.server.count(hello) == 1  # adopted from the pool, not fetched again
     assert setup.server.count(failing) == 2
     assert setup.mirror.served_tree()[hello] == up.deb_path("hello").read_bytes()
+
+
+def test_every_failed_file_is_in_the_report(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync reports every failure, not only the first: the error says how many more, the run
+    record lists each file and why, and the log has a line for each."""
+    up = setup.upstream
+    broken = sorted(up.url_path_of(name) for name in ("hello", "libfoo1", "foo-doc"))
+    for path in broken:
+        setup.server.faults[path] = Fault(statuses=[404])
+    with caplog.at_level("ERROR", logger="mirror.sync"):
+        result = setup.mirror.sync_one()
+    assert result.error is not None and "(and 2 more failed files)" in str(result.error)
+    assert len(result.error.others) == 2
+    store = setup.mirror.store()
+    try:
+        (run,) = store.sync_runs("repo", limit=1)
+    finally:
+        store.close()
+    assert run.outcome == "failed" and run.message is not None
+    for path in broken:
+        assert f"{path}: " in run.message, run.message
+        assert any(path in r.getMessage() for r in caplog.records), caplog.text

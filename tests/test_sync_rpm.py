@@ -242,6 +242,21 @@ def test_unsigned_rpm_under_require_fails_naming_the_package(setup: Setup) -> No
     assert len(setup.mirror.snapshots()) == 1
 
 
+def test_every_package_whose_signature_fails_is_in_the_report(setup: Setup) -> None:
+    setup.upstream.add(RpmPackage("hello", "1.1"), RpmPackage("world", "2.0"), sign=False)
+    setup.publish()
+    result = setup.mirror.sync_one()
+    assert result.error is not None and "(and 1 more)" in str(result.error), result.error
+    reported = " ".join([str(result.error), *(str(o) for o in result.error.others)])
+    assert "hello-1.1" in reported and "world-2.0" in reported, reported
+    store = setup.mirror.store()
+    try:
+        (run,) = store.sync_runs("repo", limit=1)
+    finally:
+        store.close()
+    assert run.message is not None and "hello-1.1" in run.message and "world-2.0" in run.message
+
+
 def test_rpm_signed_by_another_key_under_require_fails_naming_the_key(setup: Setup) -> None:
     setup.upstream.add(RpmPackage("hello", "1.1"), sign=setup.keys["other"])
     setup.publish()

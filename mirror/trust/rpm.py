@@ -39,7 +39,7 @@ from mirror.formats.rpm import (
 from mirror.formats.updateinfo import load_updateinfo
 from mirror.model import EntryKind, ExpectedFile, PackageKey, RootRecord
 from mirror.repopath import contained
-from mirror.sync import SyncContext, VerifiedRoot, Wanted, in_order
+from mirror.sync import MAX_FAILURES_BEFORE_ABORT, SyncContext, VerifiedRoot, Wanted, in_order
 from mirror.trust.rpmsig import PackageVerifier, SignatureChecks, database_path, keys_path
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,10 @@ class RpmFormat:
                   checks.landed, len(checks.checked) - checks.landed)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise SignatureError(f"package signature check failed: {problems[0]}{more}", repo=ctx.repo.name)
+            error = SignatureError(f"package signature check failed: {problems[0]}{more}", repo=ctx.repo.name)
+            error.others = [SignatureError(f"package signature check failed: {p}", repo=ctx.repo.name)
+                            for p in problems[1:MAX_FAILURES_BEFORE_ABORT]]
+            raise error
         await asyncio.to_thread(_remember, (await checks.verifier).dbpath, checks.checked)
 
     async def _start_signature_checks(self, ctx: SyncContext) -> SignatureChecks:
