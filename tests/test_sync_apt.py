@@ -492,3 +492,20 @@ def test_every_failed_file_is_in_the_report(setup: Setup, caplog: pytest.LogCapt
     for path in broken:
         assert f"{path}: " in run.message, run.message
         assert any(path in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("how", ["in_process", "cli_with_download_helpers"])
+def test_downloads_from_an_upstream_stay_within_max_parallel_downloads(setup: Setup, how: str) -> None:
+    """ARCHITECTURE: bounded concurrency per upstream. With max_parallel_downloads = 4 and slow
+    packages, the upstream never sees more than 4 requests at once, helpers included."""
+    setup.upstream.add(*(DebPackage(f"pkg{i:02d}", "1.0-1") for i in range(16)))
+    setup.upstream.publish(keep_plain_on_disk=False)
+    setup.server.faults["pool/*"] = Fault(delay=0.15)
+    setup.server.max_in_flight = 0
+    if how == "in_process":
+        result = setup.mirror.sync_one()
+        assert result.ok, result.error
+    else:
+        out = setup.mirror.cli("sync")
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert 2 <= setup.server.max_in_flight <= 4, setup.server.max_in_flight
