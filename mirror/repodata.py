@@ -27,7 +27,7 @@ from mirror.diff import Advisory
 from mirror.errors import MalformedMetadataError, MirrorError
 from mirror.filters import AdvisoryFilter, PackageFilter, report_unresolved
 from mirror.formats.compression import decompress_to_file, split_variant
-from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry, parse_primary_needs
+from mirror.formats.rpm import Repomd, RepomdRecord, RpmPackageEntry, decompress_record, parse_primary_needs
 from mirror.repopath import contained
 from mirror.sync import SyncContext, Wanted
 
@@ -119,17 +119,11 @@ def _decompressed(upstream: UpstreamRecord, scratch: Path, max_size: int) -> Ups
     `max_size` bytes, and exactly its open-size when repomd gives one: createrepo_c, given the
     compressed file, would decompress it without any cap (HOSTILE 39: a decompression bomb)."""
     what = contained(upstream.record.href)
-    kind = split_variant(what)[1]
-    if kind == "plain":
+    if split_variant(what)[1] == "plain":
         return upstream
-    cap = min(upstream.record.open_size, max_size) if upstream.record.open_size is not None else max_size
     scratch.mkdir(parents=True, exist_ok=True)
     plain = scratch / f"{upstream.record.type}.xml"
-    decompress_to_file(upstream.file, kind, plain, cap=cap, what=what)
-    size = plain.stat().st_size
-    if upstream.record.open_size is not None and size != upstream.record.open_size:
-        raise MalformedMetadataError(f"decompresses to {size} bytes, repomd says open-size "
-                                     f"{upstream.record.open_size}", path=what)
+    decompress_record(upstream.file, upstream.record, plain, max_size=max_size, what=what)
     return UpstreamRecord(upstream.record, plain)
 
 

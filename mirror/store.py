@@ -502,10 +502,10 @@ class Store:
 
     # -- blobs ----------------------------------------------------------------------------
 
-    @_locked
     def recorded_blobs(self, digests: Iterable[str]) -> set[str]:
         return set(self.recorded_blob_sizes(digests))
 
+    @_locked
     def recorded_blob_sizes(self, digests: Iterable[str]) -> dict[str, int]:
         """sha256 -> size of those of `digests` the database records (their true sizes)."""
         wanted = list(set(digests))

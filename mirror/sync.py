@@ -469,8 +469,7 @@ def _check_sizes(entries: dict[str, ManifestEntry], recorded: dict[str, int], re
     from mirror.errors import SizeMismatchError
 
     said: dict[str, tuple[int, str | None]] = {d: (size, None) for d, size in recorded.items()}
-    for path in sorted(entries):
-        e = entries[path]
+    for path, e in entries.items():
         size, where = said.setdefault(e.sha256, (e.size, path))
         if size != e.size:
             source = "as stored before" if where is None else f"as listed for {where}"

@@ -44,6 +44,23 @@ class RepomdRecord:
     open_size: int | None
     timestamp: int | None
 
+    def open_cap(self, max_size: int) -> int:
+        """How many decompressed bytes the record may have: its open-size, never more than
+        `max_size` (the configured `max_index_size`: a signed repomd may claim any open-size)."""
+        return min(self.open_size, max_size) if self.open_size is not None else max_size
+
+
+def decompress_record(source: Path, record: RepomdRecord, plain: Path, *, max_size: int, what: str) -> None:
+    """Blocking: `source` (the record's verified file) decompressed into `plain`, at most
+    `record.open_cap(max_size)` bytes, and exactly its open-size when repomd gives one."""
+    from mirror.formats.compression import decompress_to_file, split_variant
+
+    decompress_to_file(source, split_variant(what)[1], plain, cap=record.open_cap(max_size), what=what)
+    size = plain.stat().st_size
+    if record.open_size is not None and size != record.open_size:
+        raise MalformedMetadataError(f"decompresses to {size} bytes, repomd says open-size "
+                                     f"{record.open_size}", path=what)
+
 
 @dataclass(frozen=True, slots=True)
 class Repomd:

@@ -27,12 +27,13 @@ from mirror.errors import (
     UnsafePathError,
     WeakDigestError,
 )
-from mirror.formats.compression import decompress_to_file, split_variant
+from mirror.formats.compression import split_variant
 from mirror.formats.rpm import (
     STRONG_CHECKSUMS,
     Repomd,
     RepomdRecord,
     RpmPackageEntry,
+    decompress_record,
     parse_primary,
     parse_repomd,
 )
@@ -202,15 +203,13 @@ def _with_sha256(expected: ExpectedFile, digest: str) -> ExpectedFile:
 
 async def _parse_primary(ctx: SyncContext, record: RepomdRecord, digest: str) -> list[RpmPackageEntry]:
     path = contained(record.href)
-    kind = split_variant(path)[1]
-    cap = _cap(record, ctx.settings.sync.max_index_size)
     with tempfile.TemporaryDirectory(dir=ctx.tmp) as tmp:
         plain = Path(tmp) / "primary.xml"
-        source = ctx.pool.path_for(digest)
-        await asyncio.to_thread(decompress_to_file, source, kind, plain, cap=cap, what=path)
-        if record.open_size is not None and plain.stat().st_size != record.open_size:
-            raise MalformedMetadataError(f"decompresses to {plain.stat().st_size} bytes, repomd says "
-                                         f"open-size {record.open_size}", repo=ctx.repo.name, path=path)
+        try:
+            await asyncio.to_thread(decompress_record, ctx.pool.path_for(digest), record, plain,
+                                    max_size=ctx.settings.sync.max_index_size, what=path)
+        except MalformedMetadataError as exc:
+            raise exc.with_context(repo=ctx.repo.name, path=path) from None
         if record.open_checksum and record.open_checksum_type in STRONG_CHECKSUMS:
             got = await asyncio.to_thread(_file_digest, plain, record.open_checksum_type)
             if got != record.open_checksum:
@@ -226,18 +225,12 @@ async def _load_advisories(ctx: SyncContext, record: RepomdRecord, digest: str) 
     """`ctx.advisories`: those of an updateinfo record whose checksum verified (malformed: the
     sync fails)."""
     path = contained(record.href)
-    cap = _cap(record, ctx.settings.sync.max_index_size)
+    cap = record.open_cap(ctx.settings.sync.max_index_size)
     try:
         ctx.advisories = await asyncio.to_thread(load_updateinfo, ctx.pool.path_for(digest),
                                                  split_variant(path)[1], cap=cap, what=path, tmp_dir=ctx.tmp)
     except MalformedMetadataError as exc:
         raise exc.with_context(repo=ctx.repo.name, path=path) from None
-
-
-def _cap(record: RepomdRecord, max_size: int) -> int:
-    """How many decompressed bytes a record may have: its open-size, never more than the
-    configured `max_index_size` (a signed repomd may still claim any open-size)."""
-    return min(record.open_size, max_size) if record.open_size is not None else max_size
 
 
 def _file_digest(path: Path, algo: str) -> str:
